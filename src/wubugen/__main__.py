@@ -1,0 +1,3 @@
+from wubugen.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""`wubugen inspect`: build the model and discriminator, run one full training-style step on random input on the CPU, and
+report parameters per module, FLOPs per training clip, output shapes, and every trainable parameter that received no
+gradient or a non-finite one (exit code 1 if there is any)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from wubugen.config import Config, add_config_arguments, config_from_args
+from wubugen.models.discriminator import build_discriminator
+from wubugen.models.vaegan import WuBuGAADHybridGen, build_model
+from wubugen.train.losses import d_loss, g_adv_loss, kl_loss, recon_loss
+
+
+@dataclass
+class StepReport:
+    shapes: dict[str, tuple[int, ...]]
+    losses: dict[str, float]
+    flops: int
+
+
+def random_clip(cfg: Config, batch: int, generator: torch.Generator | None = None) -> Tensor:
+    """Random frames in [-1, 1] with spatial structure (smoothed noise), never zeros. (B, T, C, H, W)"""
+    d = cfg.data
+    x = torch.rand(batch * cfg.window_frames, d.num_channels, d.image_h, d.image_w, generator=generator)
+    x = nn.functional.avg_pool2d(x, 3, 1, 1)
+    return (x * 2 - 1).reshape(batch, cfg.window_frames, d.num_channels, d.image_h, d.image_w)
+
+
+def training_step_grads(model: WuBuGAADHybridGen, disc: nn.Module, clip: Tensor, cfg: Config,
+                        flow: Tensor | None = None) -> StepReport:
+    """One generator forward reused for both players; D on [real; fake.detach()] in one forward; G through a frozen D.
+    Leaves gradients in .grad of both networks."""
+    t = cfg.train
+    out = model(clip, flow)
+    logits = disc(torch.cat([out.target, out.recon.detach()], 0))
+    real_logits, fake_logits = logits.chunk(2, 0)
+    loss_d, loss_d_real, loss_d_fake = d_loss(real_logits, fake_logits, t.gan_loss)
+    loss_d.backward()
+    for p in disc.parameters():
+        p.requires_grad_(False)
+    adv_logits = disc(out.recon)
+    for p in disc.parameters():
+        p.requires_grad_(True)
+    loss_recon = recon_loss(out.recon, out.target)
+    loss_kl = kl_loss(out.mu, out.logvar, cfg.model.kl_reduction)
+    loss_adv = g_adv_loss(adv_logits, t.gan_loss)
+    loss_g = t.lambda_recon * loss_recon + t.lambda_kl * loss_kl + t.lambda_gan * loss_adv
+    loss_g.backward()
+    shapes = {"input": tuple(clip.shape), "target": tuple(out.target.shape), "recon": tuple(out.recon.shape),
+              "mu": tuple(out.mu.shape), "d_logits": tuple(adv_logits.shape)}
+    losses = {k: float(v.detach()) for k, v in dict(loss_recon=loss_recon, loss_kl=loss_kl, loss_g_adv=loss_adv,
+                                           loss_g_total=loss_g, loss_d_total=loss_d, loss_d_real=loss_d_real,
+                                           loss_d_fake=loss_d_fake).items()}
+    return StepReport(shapes, losses, 0)
+
+
+def dead_parameters(named: list[tuple[str, nn.Parameter]]) -> list[tuple[str, str]]:
+    """Trainable parameters whose gradient is missing, all zero, or non-finite. -> [(name, reason)]"""
+    dead = []
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            dead.append((name, "no gradient"))
+        elif not torch.isfinite(p.grad).all():
+            dead.append((name, "non-finite gradient"))
+        elif not p.grad.abs().sum() > 0:
+            dead.append((name, "zero gradient"))
+    return dead
+
+
+def frozen_names(model: nn.Module) -> set[str]:
+    """Parameters that are frozen on purpose (a frozen flow network keeps its pretrained weights)."""
+    return {n for n, p in model.named_parameters() if not p.requires_grad}
+
+
+def module_table(model: nn.Module, disc: nn.Module) -> list[tuple[str, int]]:
+    rows = []
+    for prefix, root in (("model", model), ("disc", disc)):
+        for name, child in root.named_children():
+            if isinstance(child, nn.Module) and not isinstance(child, (nn.ModuleList,)) and list(child.parameters()):
+                sub = list(child.named_children())
+                if prefix == "model" and sub and len(list(child.parameters())) > 0:
+                    for sname, schild in sub:
+                        n = sum(p.numel() for p in schild.parameters())
+                        if n:
+                            rows.append((f"{prefix}.{name}.{sname}", n))
+                    direct = sum(p.numel() for p in child.parameters(recurse=False))
+                    if direct:
+                        rows.append((f"{prefix}.{name}.<own>", direct))
+                else:
+                    rows.append((f"{prefix}.{name}", sum(p.numel() for p in child.parameters())))
+    return rows
+
+
+def run_inspect(cfg: Config, batch: int = 2, seed: int = 0, out=None) -> int:
+    out = out or sys.stdout
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    model = build_model(cfg)
+    disc = build_discriminator(cfg)
+    model.train()
+    disc.train()
+    clip = random_clip(cfg, batch, torch.Generator().manual_seed(seed))
+    with FlopCounterMode(display=False) as counter:
+        report = training_step_grads(model, disc, clip, cfg)
+    flops = counter.get_total_flops()
+
+    m = cfg.model
+    print(f"wubugen inspect: task {m.task}, {cfg.data.image_h}x{cfg.data.image_w}, {cfg.data.num_input_frames}+"
+          f"{cfg.data.num_predict_frames} frames, latent {m.latent_type} {tuple(model.latent_shape())}, "
+          f"motion {'on' if m.use_wubu_motion_branch else 'off'}, D {m.discriminator_type}"
+          f"{' + GAAD-FiLM' if m.disc_use_gaad_film_condition else ''}", file=out)
+    print(f"\n{'module':<40} {'parameters':>14}", file=out)
+    rows = module_table(model, disc)
+    for name, n in rows:
+        print(f"{name:<40} {n:>14,}", file=out)
+    n_g = sum(p.numel() for p in model.parameters())
+    n_d = sum(p.numel() for p in disc.parameters())
+    print(f"{'generator + encoder (model)':<40} {n_g:>14,}\n{'discriminator':<40} {n_d:>14,}", file=out)
+    print(f"\nFLOPs per training clip: {flops / batch / 1e9:.3f} GFLOP (one full step: G forward, D on real+fake, "
+          f"D on fake for G, both backwards; torch.utils.flop_counter, batch {batch})", file=out)
+    print("\nshapes: " + ", ".join(f"{k} {v}" for k, v in report.shapes.items()), file=out)
+    print("losses: " + ", ".join(f"{k} {v:.4f}" for k, v in report.losses.items()), file=out)
+    frozen = frozen_names(model)
+    dead = dead_parameters([(f"model.{n}", p) for n, p in model.named_parameters()] +
+                           [(f"disc.{n}", p) for n, p in disc.named_parameters()])
+    if frozen:
+        print(f"\nfrozen on purpose (not trained): {len(frozen)} tensors", file=out)
+    if dead:
+        print(f"\nparameters without a usable gradient ({len(dead)}):", file=out)
+        for name, why in dead:
+            print(f"  {name}: {why}", file=out)
+    else:
+        print("\nevery trainable parameter received a finite, non-zero gradient", file=out)
+    print(f"({time.perf_counter() - t0:.1f} s on the CPU)", file=out)
+    return 1 if dead else 0
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    return run_inspect(cfg, batch=args.batch, seed=cfg.train.seed)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("inspect", help="build the model, run one training-style step on the CPU, report parameters, "
+                                       "FLOPs, shapes and dead parameters")
+    p.add_argument("--batch", type=int, default=2, help="random clips in the step (default 2)")
+    add_config_arguments(p)
+    p.set_defaults(func=_cmd)

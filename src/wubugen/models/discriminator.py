@@ -1,0 +1,98 @@
+"""Discriminators: a spatio-temporal 3-D CNN (optionally with GAAD-region FiLM) and a regional 2-D CNN over GAAD crops.
+
+Both take clips (B, T_d, C, H, W) in [-1, 1] with T_d = num_predict_frames (real and fake are the same time positions)
+and return logits (B, 1).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from wubugen.config import Config
+from wubugen.models.layers import RegionFiLM, masks_for, maybe_sn, region_boxes, roi_rows
+
+
+def _conv_out(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+def _head(features: int, min_hidden: int, max_hidden: int, sn: bool) -> nn.Sequential:
+    if features <= 1.5 * min_hidden:
+        return nn.Sequential(maybe_sn(nn.Linear(features, 1), sn))
+    hidden = min(max(features // 2, min_hidden), max_hidden)
+    return nn.Sequential(maybe_sn(nn.Linear(features, hidden), sn), nn.LeakyReLU(0.2),
+                         maybe_sn(nn.Linear(hidden, 1), sn))
+
+
+class SpatioTemporalDiscriminator(nn.Module):
+    """3-D conv blocks (spectral norm optional) -> pooled features -> MLP head. With `disc_use_gaad_film_condition`,
+    every block is modulated by spatially varying FiLM from the GAAD region map at its resolution."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        m, d = cfg.model, cfg.data
+        sn, self.use_film = m.disc_apply_spectral_norm, m.disc_use_gaad_film_condition
+        t, h, w = d.num_predict_frames, d.image_h, d.image_w
+        short = min(h, w)
+        n_down = max(1, min(int(math.log2(short / 4)) if short >= 8 else 1, int(math.log2(short))))
+        boxes = region_boxes(m, w, h) if self.use_film else None
+        blocks = []
+        cin = d.num_channels
+        for i in range(n_down):
+            cout = min(m.disc_base_disc_channels * 2 ** i, m.disc_max_disc_channels)
+            kt = min(m.disc_temporal_kernel_size, t) if t > 1 else 1
+            st = 2 if (i == 0 and t > m.disc_temporal_kernel_size and t >= 2) else 1
+            sh, sw = (2 if h >= 8 else 1), (2 if w >= 8 else 1)
+            conv = nn.Conv3d(cin, cout, (kt, 4, 4), (st, sh, sw), (kt // 2 if kt > 1 else 0, 1, 1), bias=False)
+            t, h, w = _conv_out(t, kt, st, kt // 2 if kt > 1 else 0), _conv_out(h, 4, sh, 1), _conv_out(w, 4, sw, 1)
+            layers: list[nn.Module] = [maybe_sn(conv, sn), nn.InstanceNorm3d(cout, affine=not self.use_film)]
+            if self.use_film:
+                layers.append(RegionFiLM(masks_for(boxes, d.image_w, d.image_h, h, w), cout,
+                                         m.disc_gaad_condition_dim_disc))
+            layers.append(nn.LeakyReLU(0.2))
+            blocks.append(nn.Sequential(*layers))
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.t_final = t
+        self.pool = nn.AdaptiveAvgPool3d((t, 1, 1))
+        self.head = _head(cin * t, m.disc_min_hidden_fc_dim, m.disc_max_hidden_fc_dim, sn)
+
+    def forward(self, clips: Tensor) -> Tensor:
+        x = self.blocks(clips.permute(0, 2, 1, 3, 4))  # (B, C, T, H, W)
+        return self.head(self.pool(x).flatten(1))
+
+
+class RegionalDiscriminator(nn.Module):
+    """One batched RoIAlign crop per frame and GAAD region -> shared 2-D CNN -> mean over regions and frames -> logit."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        m, d = cfg.model, cfg.data
+        sn = m.disc_apply_spectral_norm
+        self.register_buffer("boxes", region_boxes(m, d.image_w, d.image_h), persistent=False)
+        self.patch = m.disc_patch_size
+        layers: list[nn.Module] = []
+        cin = d.num_channels
+        for cout in m.disc_cnn_channels_2d:
+            layers += [maybe_sn(nn.Conv2d(cin, cout, 4, 2, 1, bias=False), sn), nn.InstanceNorm2d(cout, affine=True),
+                       nn.LeakyReLU(0.2)]
+            cin = cout
+        self.cnn = nn.Sequential(*layers)
+        self.head = maybe_sn(nn.Linear(cin, 1), sn)
+
+    def forward(self, clips: Tensor) -> Tensor:
+        b, t, c, h, w = clips.shape
+        frames = clips.reshape(b * t, c, h, w)
+        rois = roi_rows(self.boxes, b * t).to(frames.dtype)
+        crops = roi_align(frames, rois, (self.patch, self.patch), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        feats = self.cnn(crops).mean((2, 3))  # (B*T*R, F)
+        return self.head(feats.reshape(b, -1, feats.shape[-1]).mean(1))
+
+
+def build_discriminator(cfg: Config) -> nn.Module:
+    if cfg.model.discriminator_type == "spatio_temporal_cnn":
+        return SpatioTemporalDiscriminator(cfg)
+    return RegionalDiscriminator(cfg)

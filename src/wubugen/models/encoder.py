@@ -1,0 +1,151 @@
+"""The regional encoder: frames -> posterior (mu, logvar) of the latent.
+
+Two paths meet in the latent:
+  * the GAAD/WuBu path: a shallow CNN at full resolution, one batched RoIAlign over all frames and regions (or batched pixel
+    patches), WuBu-S per region and frame, then WuBu-T per region over the concatenated time axis (every frame, and every
+    motion step when the motion branch is on, reaches the latent: SPEC D8 fixed);
+  * a spatial path: the same shallow features downsampled to 1/latent_downsample, mixed over time by a 3-D conv.
+For a spatial latent the WuBu-T region codes are painted onto the latent grid through the rasterised GAAD boxes and join the
+spatial features; for a global latent (the original's shape) the region codes are pooled into one vector.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from wubugen.config import Config
+from wubugen.gaad import normalized_boxes
+from wubugen.models.layers import group_norm, masks_for, region_boxes, roi_rows
+from wubugen.models.wubu import WuBuStack
+
+LOGVAR_RANGE = (-30.0, 20.0)
+
+
+def conv2d_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    k, p = (4, 1) if stride == 2 else (3, 1)
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, p), group_norm(cout), nn.GELU())
+
+
+def conv3d_block(cin: int, cout: int, kt: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(cin, cout, (kt, 3, 3), 1, (kt // 2, 1, 1)), group_norm(cout), nn.GELU())
+
+
+def latent_grid(cfg: Config) -> tuple[int, int]:
+    f = cfg.model.latent_downsample
+    return math.ceil(cfg.data.image_h / f), math.ceil(cfg.data.image_w / f)
+
+
+class RegionalEncoder(nn.Module):
+    """frames (B, T_enc, C, H, W) in [-1, 1] [+ motion features (B, T_enc, D_m)]
+    -> mu, logvar: (B, C_z, T_out, h, w) for a spatial latent or (B, latent_dim) for a global one,
+       context features (B, C_e, h, w) of the last encoder frame (used by the generator in the predict task)."""
+
+    def __init__(self, cfg: Config, motion_dim: int = 0):
+        super().__init__()
+        m, d = cfg.model, cfg.data
+        self.cfg = cfg
+        self.t_enc = cfg.encoder_frames
+        self.t_out = d.num_predict_frames
+        self.spatial = m.latent_type == "spatial"
+        H, W, C = d.image_h, d.image_w, d.num_channels
+        cs, ce = m.encoder_shallow_cnn_channels, m.encoder_channels
+        self.h, self.w = latent_grid(cfg)
+
+        boxes = region_boxes(m, W, H)
+        self.register_buffer("boxes", boxes, persistent=False)
+        self.register_buffer("box_features", normalized_boxes(boxes, W, H), persistent=False)  # (R, 4)
+        self.num_regions = boxes.shape[0]
+
+        # shallow CNN at full resolution (the original's RoIAlign feature map), then down to the latent grid
+        self.stem = conv2d_block(C, cs)
+        # the spatial path exists where something consumes it: a spatial latent, or the predict task's context
+        self.use_spatial_path = self.spatial or m.task == "predict"
+        if self.use_spatial_path:
+            n_down = int(math.log2(m.latent_downsample))
+            chans = [cs] + [min(ce, cs * 2 ** (i + 1)) if i < n_down - 1 else ce for i in range(n_down)]
+            self.down = nn.Sequential(*[conv2d_block(chans[i], chans[i + 1], stride=2) for i in range(n_down)],
+                                      conv2d_block(chans[-1], ce))
+
+        # GAAD regions -> WuBu-S
+        self.use_roi_align = m.encoder_use_roi_align
+        if self.use_roi_align:
+            self.roi_size = (m.encoder_roi_align_output_h, m.encoder_roi_align_output_w)
+            patch_dim = cs * self.roi_size[0] * self.roi_size[1]
+        else:
+            self.roi_size = (m.encoder_pixel_patch_size, m.encoder_pixel_patch_size)
+            patch_dim = C * self.roi_size[0] * self.roi_size[1]
+        self.patch_embed = nn.Linear(patch_dim, m.encoder_initial_tangent_dim)
+        stack_kw = dict(dropout=m.wubu_dropout, boundary_points=m.wubu_boundary_points,
+                        hidden_ratio=m.wubu_combiner_hidden_ratio, euclidean=m.wubu_euclidean)
+        self.wubu_s = WuBuStack(m.encoder_initial_tangent_dim, m.wubu_s, **stack_kw)
+        ds = self.wubu_s.out_dim
+
+        # WuBu-T over time: per region, the concatenation of its T_enc frame features (+ motion) and its box
+        self.motion_dim = motion_dim
+        t_in = self.t_enc * (ds + motion_dim) + 4
+        self.wubu_t = WuBuStack(t_in, m.wubu_t, **stack_kw)
+        dt = self.wubu_t.out_dim
+
+        if self.spatial:
+            masks = masks_for(boxes, W, H, self.h, self.w)
+            self.register_buffer("paint", masks / masks.sum(0, keepdim=True).clamp_min(1e-6), persistent=False)
+            self.region_to_map = nn.Linear(dt, ce)
+            self.time_mix = conv3d_block(ce, ce, 3 if self.t_enc > 1 else 1)
+            # learned map from encoder time steps to latent time steps; starts by picking the frames the latent stands
+            # for (the targets when reconstructing, the last context frame when predicting), every frame still reachable
+            proj = torch.zeros(self.t_out, self.t_enc)
+            for k in range(self.t_out):
+                src = self.t_enc - self.t_out + k if m.task == "reconstruct" else self.t_enc - 1
+                proj[k, src] = 1.0
+            self.time_proj = nn.Parameter(proj)
+            self.head = conv3d_block(ce, ce, 1)
+            self.to_mu = nn.Conv3d(ce, m.latent_channels, 1)
+            self.to_logvar = nn.Conv3d(ce, m.latent_channels, 1)
+        else:
+            self.to_mu = nn.Linear(dt, m.latent_dim)
+            self.to_logvar = nn.Linear(dt, m.latent_dim)
+
+    def region_tokens(self, shallow: Tensor, frames: Tensor) -> Tensor:
+        """One batched RoIAlign over all frames and regions. -> (B*T, R, patch_dim)"""
+        n = shallow.shape[0]
+        rois = roi_rows(self.boxes, n).to(shallow.dtype)
+        src = shallow if self.use_roi_align else frames
+        patches = roi_align(src, rois, self.roi_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        return patches.reshape(n, self.num_regions, -1)
+
+    def forward(self, frames: Tensor, motion: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        b, t, c, hh, ww = frames.shape
+        x = frames.reshape(b * t, c, hh, ww)
+        shallow = self.stem(x)  # (B*T, cs, H, W)
+
+        tokens = self.patch_embed(self.region_tokens(shallow, x))  # (B*T, R, D_tan)
+        s = self.wubu_s(tokens).reshape(b, t, self.num_regions, -1)  # (B, T, R, D_s)
+        if self.motion_dim:
+            s = torch.cat([s, motion[:, :, None, :].to(s.dtype).expand(-1, -1, self.num_regions, -1)], -1)
+        per_region = s.permute(0, 2, 1, 3).reshape(b, self.num_regions, -1)  # (B, R, T*(D_s+D_m))
+        box = self.box_features.to(per_region.dtype)[None].expand(b, -1, -1)
+        codes = self.wubu_t(torch.cat([per_region, box], -1))  # (B, R, D_t)
+
+        if not self.use_spatial_path:
+            pooled = codes.mean(1)
+            return self.to_mu(pooled), self.to_logvar(pooled).clamp(*LOGVAR_RANGE), None
+        f = self.cfg.model.latent_downsample
+        pad_w, pad_h = self.w * f - ww, self.h * f - hh  # frames that are not multiples of f: replicate the edge
+        if pad_w or pad_h:
+            shallow = nn.functional.pad(shallow, (0, pad_w, 0, pad_h), mode="replicate")
+        feat = self.down(shallow)  # (B*T, C_e, h, w)
+        feat = feat.reshape(b, t, *feat.shape[1:])
+        context = feat[:, -1]
+        if not self.spatial:
+            pooled = codes.mean(1)
+            return self.to_mu(pooled), self.to_logvar(pooled).clamp(*LOGVAR_RANGE), context
+
+        region_map = torch.einsum("brc,rhw->bchw", self.region_to_map(codes), self.paint.to(codes.dtype))
+        h = feat.permute(0, 2, 1, 3, 4) + region_map[:, :, None]  # (B, C_e, T, h, w)
+        h = self.time_mix(h)
+        h = torch.einsum("bcthw,kt->bckhw", h, self.time_proj.to(h.dtype))  # (B, C_e, T_out, h, w)
+        h = self.head(h)
+        return self.to_mu(h), self.to_logvar(h).clamp(*LOGVAR_RANGE), context

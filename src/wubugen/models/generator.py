@@ -1,0 +1,90 @@
+"""The generator (decoder): latent [+ context features] -> num_predict_frames frames at any H x W.
+
+A spatial latent (B, C_z, T, h, w) is decoded by 3-D conv blocks that upsample x2 per stage; a global latent (B, latent_dim)
+is first expanded by a Linear onto a small grid. Every stage is modulated by spatially varying GAAD-region FiLM. The output
+grid is the ceiling multiple of the frame size and is cropped to H x W, so non-square and non-power-of-two frames are
+produced directly (the original pooled a square output to the frame: SPEC §11.1).
+Temporal kernels act at the lowest resolution and in the final conv, where they are cheap; high-resolution stages are
+spatial-only (1, 4, 4) transposed convs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wubugen.config import Config
+from wubugen.models.encoder import latent_grid
+from wubugen.models.layers import RegionFiLM, crop_to, group_norm, masks_for, region_boxes
+
+MAX_CHANNELS = 512
+
+
+def global_grid(height: int, width: int) -> tuple[int, int, int]:
+    """(n_up, h0, w0) for a global latent: upsample until the short side of the starting grid is 4-7 cells."""
+    n_up = max(1, int(math.floor(math.log2(max(min(height, width), 8) / 4))))
+    return n_up, math.ceil(height / 2 ** n_up), math.ceil(width / 2 ** n_up)
+
+
+class Generator(nn.Module):
+    """z: (B, C_z, T_out, h, w) spatial or (B, latent_dim) global; context (B, C_e, h, w) in the predict task
+    -> frames (B, T_out, C, H, W) in [-1, 1]."""
+
+    def __init__(self, cfg: Config, context_channels: int = 0):
+        super().__init__()
+        m, d = cfg.model, cfg.data
+        self.height, self.width, self.t_out = d.image_h, d.image_w, d.num_predict_frames
+        self.spatial = m.latent_type == "spatial"
+        kt = m.gen_temporal_kernel_size if self.t_out > 1 else 1
+        ks = m.gen_final_conv_kernel_spatial
+        if self.spatial:
+            n_up = int(math.log2(m.latent_downsample))
+            h0, w0 = latent_grid(cfg)
+        else:
+            n_up, h0, w0 = global_grid(d.image_h, d.image_w)
+        base = m.gen_base_channels
+        chans = [min(MAX_CHANNELS, base * 2 ** (n_up - i)) for i in range(n_up + 1)]
+        self.grid0 = (h0, w0)
+        if self.spatial:
+            in_ch = m.latent_channels
+        else:
+            in_ch = chans[0]
+            self.expand = nn.Linear(m.latent_dim, in_ch * self.t_out * h0 * w0)
+        self.context_channels = context_channels
+
+        boxes = region_boxes(m, d.image_w, d.image_h)
+        film_hidden = max(32, boxes.shape[0])
+
+        def film(ch: int, level: int) -> RegionFiLM:
+            h, w = h0 * 2 ** level, w0 * 2 ** level
+            return RegionFiLM(masks_for(boxes, d.image_w, d.image_h, h, w), ch, film_hidden)
+
+        self.stem = nn.Conv3d(in_ch + context_channels, chans[0], (kt, 3, 3), 1, (kt // 2, 1, 1))
+        self.stem_norm = group_norm(chans[0])
+        self.stem_film = film(chans[0], 0)
+        self.ups = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        self.films = nn.ModuleList()
+        for i in range(n_up):
+            kti = kt if i == 0 else 1
+            self.ups.append(nn.ConvTranspose3d(chans[i], chans[i + 1], (kti, 4, 4), (1, 2, 2), (kti // 2, 1, 1)))
+            self.norms.append(group_norm(chans[i + 1]))
+            self.films.append(film(chans[i + 1], i + 1))
+        self.act = nn.GELU()
+        self.out = nn.Conv3d(chans[-1], d.num_channels, (kt, ks, ks), 1, (kt // 2, ks // 2, ks // 2))
+
+    def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        if not self.spatial:
+            h0, w0 = self.grid0
+            z = self.expand(z).reshape(z.shape[0], -1, self.t_out, h0, w0)
+        if self.context_channels:
+            if context.shape[-2:] != z.shape[-2:]:  # a global latent starts on a coarser grid than the context features
+                context = F.adaptive_avg_pool2d(context, z.shape[-2:])
+            z = torch.cat([z, context[:, :, None].to(z.dtype).expand(-1, -1, z.shape[2], -1, -1)], 1)
+        x = self.act(self.stem_film(self.stem_norm(self.stem(z))))
+        for up, norm, film in zip(self.ups, self.norms, self.films):
+            x = self.act(film(norm(up(x))))
+        x = torch.tanh(self.out(x))  # (B, C, T, H', W')
+        return crop_to(x, self.height, self.width).permute(0, 2, 1, 3, 4)

@@ -1,0 +1,68 @@
+"""Small building blocks shared by the encoder, generator and discriminators."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from wubugen.gaad import gaad_boxes, region_masks
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    groups = 8 if channels % 8 == 0 and channels >= 16 else 1
+    return nn.GroupNorm(groups, channels)
+
+
+def maybe_sn(module: nn.Module, enabled: bool) -> nn.Module:
+    return spectral_norm(module) if enabled else module
+
+
+def region_boxes(model_cfg, width: int, height: int, motion: bool = False) -> Tensor:
+    """The GAAD boxes the model uses for a frame size (appearance or motion). -> (R, 4) float32."""
+    if motion:
+        return gaad_boxes(width, height, model_cfg.gaad_motion_num_regions, model_cfg.gaad_motion_decomposition_type,
+                          model_cfg.gaad_min_size_px)
+    return gaad_boxes(width, height, model_cfg.gaad_num_regions, model_cfg.gaad_decomposition_type,
+                      model_cfg.gaad_min_size_px)
+
+
+class RegionFiLM(nn.Module):
+    """Spatially varying FiLM from a rasterised GAAD region map.
+
+    The map (R, h, w) says how much of each cell each region covers; a 1x1-conv MLP turns it into per-pixel (gamma, beta),
+    so features are modulated by *where* they are in the region hierarchy (the original's FiLM condition was one constant
+    vector for every sample and pixel: SPEC D13). Starts near the identity (small last layer; exactly zero would leave
+    the first layer without gradient).
+    Works on (B, C, T, h, w) and (B, C, h, w).
+    """
+
+    def __init__(self, masks: Tensor, channels: int, hidden: int):
+        super().__init__()
+        self.register_buffer("masks", masks[None].clone(), persistent=False)  # (1, R, h, w)
+        r = masks.shape[0]
+        self.net = nn.Sequential(nn.Conv2d(r, hidden, 1), nn.GELU(), nn.Conv2d(hidden, 2 * channels, 1))
+        nn.init.normal_(self.net[-1].weight, std=1e-3)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gamma, beta = self.net(self.masks).chunk(2, dim=1)  # (1, C, h, w) each
+        if x.dim() == 5:
+            gamma, beta = gamma[:, :, None], beta[:, :, None]
+        return x * (1 + gamma) + beta
+
+
+def masks_for(boxes: Tensor, width: int, height: int, h: int, w: int) -> Tensor:
+    """Region coverage maps of `boxes` on an h x w grid over the frame. -> (R, h, w)"""
+    return region_masks(boxes, width, height, h, w)
+
+
+def crop_to(x: Tensor, height: int, width: int) -> Tensor:
+    """Keep the top-left height x width of the last two dims (decoders produce ceil-multiples of the stride)."""
+    return x[..., :height, :width]
+
+
+def roi_rows(boxes: Tensor, n_images: int) -> Tensor:
+    """RoIs for torchvision.ops.roi_align: every box on every image. (R, 4) -> (n_images * R, 5) [image index, box]."""
+    r = boxes.shape[0]
+    idx = torch.arange(n_images, dtype=boxes.dtype, device=boxes.device).repeat_interleave(r)[:, None]
+    return torch.cat([idx, boxes.repeat(n_images, 1)], 1)

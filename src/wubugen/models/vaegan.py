@@ -1,0 +1,101 @@
+"""The WuBu-GAAD hybrid VAE: encoder + (optional motion branch) + generator. The discriminator lives beside it.
+
+Two tasks (SPEC D9 fixed):
+  * reconstruct: the posterior sees the whole window; the generator rebuilds its last num_predict_frames frames;
+  * predict: the encoder sees only the num_input_frames context frames; the generator produces the frames that follow.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from wubugen.config import Config
+from wubugen.models.encoder import RegionalEncoder, latent_grid
+from wubugen.models.generator import Generator
+
+
+@dataclass
+class VAEOutput:
+    recon: Tensor  # (B, T_out, C, H, W) in [-1, 1]
+    target: Tensor  # (B, T_out, C, H, W): the frames recon stands for
+    mu: Tensor  # posterior mean, latent shape
+    logvar: Tensor
+
+
+class WuBuGAADHybridGen(nn.Module):
+    def __init__(self, cfg: Config, motion: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.task = cfg.model.task
+        self.t_in, self.t_out = cfg.data.num_input_frames, cfg.data.num_predict_frames
+        self.motion = motion
+        motion_dim = motion.out_dim if motion is not None else 0
+        self.encoder = RegionalEncoder(cfg, motion_dim=motion_dim)
+        ctx = cfg.model.encoder_channels if self.task == "predict" else 0
+        self.generator = Generator(cfg, context_channels=ctx)
+
+    # -- shapes --------------------------------------------------------------------------------------------------------
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's latent (without the batch dim)."""
+        m = self.cfg.model
+        if m.latent_type == "spatial":
+            return (m.latent_channels, self.t_out, *latent_grid(self.cfg))
+        return (m.latent_dim,)
+
+    def split(self, clip: Tensor) -> tuple[Tensor, Tensor]:
+        """clip (B, T_in + T_out, C, H, W) -> (encoder frames, target frames)."""
+        target = clip[:, self.t_in:self.t_in + self.t_out]
+        enc = clip if self.task == "reconstruct" else clip[:, :self.t_in]
+        return enc, target
+
+    # -- parts ---------------------------------------------------------------------------------------------------------
+    def encode(self, frames: Tensor, flow: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """frames (B, T_enc, C, H, W) [+ flow (B, T_enc-1, 2, H, W) for the motion branch] -> mu, logvar, context."""
+        motion = self.motion(frames, flow) if self.motion is not None else None
+        return self.encoder(frames, motion)
+
+    def decode(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.generator(z, context if self.task == "predict" else None)
+
+    @staticmethod
+    def reparameterize(mu: Tensor, logvar: Tensor, sample: bool = True) -> Tensor:
+        if not sample:
+            return mu
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+    def forward(self, clip: Tensor, flow: Tensor | None = None, sample_posterior: bool = True) -> VAEOutput:
+        """clip (B, T_in + T_out, C, H, W) in [-1, 1]. Validation reconstructs from mu (sample_posterior=False)."""
+        enc, target = self.split(clip)
+        mu, logvar, context = self.encode(enc, flow)
+        z = self.reparameterize(mu, logvar, sample_posterior)
+        return VAEOutput(self.decode(z, context), target, mu, logvar)
+
+    @torch.no_grad()
+    def sample(self, num: int, context_clip: Tensor | None = None, generator: torch.Generator | None = None,
+               noise: Tensor | None = None) -> Tensor:
+        """Unconditional samples from the prior, using the same GAAD boxes as training (they are static buffers).
+        In the predict task a context clip (B, T_in, C, H, W) is required. -> (num, T_out, C, H, W)"""
+        device = next(self.parameters()).device
+        context = None
+        if self.task == "predict":
+            if context_clip is None:
+                raise ValueError("the predict task samples futures of a context clip: give context_clip")
+            _, _, context = self.encode(context_clip[:, :self.t_in])
+            num = context.shape[0]
+        if noise is None:
+            noise = torch.randn((num, *self.latent_shape()), generator=generator, device=device)
+        return self.decode(noise.to(device), context)
+
+
+def build_motion(cfg: Config) -> nn.Module | None:
+    if not cfg.model.use_wubu_motion_branch:
+        return None
+    from wubugen.models.motion import MotionEncoder  # the motion branch needs the flow backends
+
+    return MotionEncoder(cfg)
+
+
+def build_model(cfg: Config) -> WuBuGAADHybridGen:
+    return WuBuGAADHybridGen(cfg, build_motion(cfg))

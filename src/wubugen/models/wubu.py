@@ -1,0 +1,206 @@
+"""WuBu nesting: a stack of hyperbolic levels joined by rotations and linear maps.
+
+Each level lives on a Poincare ball whose curvature, scale and spread are learnable tensors in the graph (the original read
+them with `.item()`, so they never learned: SPEC D2). A level
+
+  1. combines its inputs (the incoming tangent vector, the boundary-relative vector and the descriptor of the previous level)
+     with an MLP whose width follows the level's (no fixed 32-wide bottleneck),
+  2. scales the result to a tangent norm of about `scale` (LayerNorm outputs have norm ~sqrt(dim); mapping those straight to
+     the ball saturates tanh and reduces the geometry to direction normalisation, SPEC §1.3) and maps it onto the ball,
+  3. translates the point by its learnable level descriptor (Mobius addition),
+  4. measures it against learnable boundary points: relative vectors log0(-y (+) b_k) (the log map at y, transported to the
+     origin) weighted by a Gaussian kernel of the hyperbolic distance with learnable width `spread`,
+  5. emits [log0(y), relative vector] for the stack's output and passes (log0(y), relative vector, descriptor) on.
+
+So curvature, scale, spread, descriptor and boundary points shape the output of every level, the last one included (D3).
+Inter-level transforms apply a real rotation (orthogonal by construction: the matrix exponential of a skew-symmetric
+matrix, optionally initialised with phi-scaled plane rotations) and a linear map (D4, D5).
+
+`euclidean=True` is the ablation: every hyperbolic map becomes the identity (Mobius addition becomes +), sizes unchanged.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wubugen import hyperbolic as hb
+from wubugen.config import WuBuStackConfig
+from wubugen.hyperbolic.params import tag_ball
+
+PHI = (1.0 + math.sqrt(5.0)) / 2.0
+CURVATURE_MIN = 1e-3
+SCALE_MIN, SCALE_MAX = 1e-3, 10.0
+SPREAD_MIN = 1e-2
+
+
+def phi_curvature(base: float, level_idx: int) -> float:
+    """The original's phi influence on the initial curvature: c * phi^((i mod 4) - 1.5)."""
+    return base * PHI ** ((level_idx % 4) - 1.5)
+
+
+def inverse_softplus(y: float) -> float:
+    return y + math.log(-math.expm1(-y))
+
+
+class _Geometry:
+    """Hyperbolic maps of one ball, or identities for the Euclidean ablation."""
+
+    def __init__(self, euclidean: bool):
+        self.euclidean = euclidean
+
+    def exp0(self, v: Tensor, c: Tensor | None) -> Tensor:
+        return v if self.euclidean else hb.expmap0(v, c)
+
+    def log0(self, y: Tensor, c: Tensor | None) -> Tensor:
+        return y if self.euclidean else hb.logmap0(y, c)
+
+    def add(self, x: Tensor, y: Tensor, c: Tensor | None) -> Tensor:
+        return x + y if self.euclidean else hb.mobius_add(x, y, c)
+
+    def project(self, x: Tensor, c: Tensor | None) -> Tensor:
+        return x if self.euclidean else hb.project(x, c)
+
+
+class WuBuLevel(nn.Module):
+    """One level. (N, D) tangent input [+ relative (N, D) and descriptor (D,) from the previous level] -> see forward."""
+
+    def __init__(self, dim: int, curvature: float, *, has_context: bool, boundary_points: int, dropout: float,
+                 hidden_ratio: float, euclidean: bool, scale: float = 1.0, spread: float = 1.0):
+        super().__init__()
+        self.dim = dim
+        self.has_context = has_context
+        self.geo = _Geometry(euclidean)
+        if euclidean:
+            self.curvature_u = None
+        else:
+            self.curvature_u = nn.Parameter(torch.tensor(inverse_softplus(curvature - CURVATURE_MIN)))
+        s = min(max(scale, SCALE_MIN * 2), SCALE_MAX - SCALE_MIN)
+        self.scale_u = nn.Parameter(torch.tensor(math.log((s - SCALE_MIN) / (SCALE_MAX - s))))
+        self.spread_u = nn.Parameter(torch.tensor(inverse_softplus(spread - SPREAD_MIN)))
+        in_dim = dim * (3 if has_context else 1)
+        hidden = max(16, int(round(hidden_ratio * dim)))
+        self.combiner = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, dim), nn.LayerNorm(dim),
+        )
+        # Ball points, initialised through exp0 of small tangent vectors. Boundary points spread over a tangent radius of
+        # ~0.5 so that relative vectors differ between them from the start.
+        c0 = torch.tensor(curvature)
+        desc = torch.empty(dim).uniform_(-0.01, 0.01)
+        bnd = torch.randn(boundary_points, dim) * (0.5 / math.sqrt(dim))
+        self.descriptor = nn.Parameter(self.geo.exp0(desc, c0) if not euclidean else desc)
+        self.boundary = nn.Parameter(self.geo.exp0(bnd, c0) if not euclidean else bnd)
+        if not euclidean:
+            tag_ball(self.descriptor, self.curvature)
+            tag_ball(self.boundary, self.curvature)
+
+    def curvature(self) -> Tensor | None:
+        if self.curvature_u is None:
+            return None
+        return F.softplus(self.curvature_u.float()) + CURVATURE_MIN
+
+    def scale(self) -> Tensor:
+        return SCALE_MIN + (SCALE_MAX - SCALE_MIN) * torch.sigmoid(self.scale_u.float())
+
+    def spread(self) -> Tensor:
+        return F.softplus(self.spread_u.float()) + SPREAD_MIN
+
+    def forward(self, t: Tensor, rel: Tensor | None = None, desc: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """t, rel: (N, D) tangent vectors; desc: (D,) tangent vector.
+        -> (point tangent log0(y) (N, D), relative vector (N, D), this level's descriptor as a tangent vector (D,))."""
+        c = self.curvature()
+        geo = self.geo
+        if self.has_context:
+            h = torch.cat([t, rel.to(t.dtype), desc.to(t.dtype).expand_as(t)], -1)
+        else:
+            h = t
+        v = self.combiner(h)
+        u = v.float() * (self.scale() / math.sqrt(self.dim))
+        ld = geo.project(self.descriptor, c)
+        y = geo.add(ld, geo.exp0(u, c), c)  # (N, D) on the ball
+        bnd = geo.project(self.boundary, c)  # (P, D)
+        rel_k = geo.log0(geo.add(-y[:, None, :], bnd[None], c), c)  # (N, P, D): log map at y, transported to 0
+        d2 = 4.0 * (rel_k * rel_k).sum(-1) if not geo.euclidean else (rel_k * rel_k).sum(-1)  # squared distances
+        w = torch.softmax(-d2 / (2.0 * self.spread() ** 2), dim=-1)  # (N, P)
+        r = (w[..., None] * rel_k).sum(1)
+        return geo.log0(y, c), r, geo.log0(ld, c)
+
+
+class LevelTransform(nn.Module):
+    """Between level i (dim_in) and level i+1 (dim_out): rotation (orthogonal) then a linear map."""
+
+    def __init__(self, dim_in: int, dim_out: int, *, use_rotation: bool, phi_rotation_init: bool, level_idx: int):
+        super().__init__()
+        self.use_rotation = use_rotation
+        if use_rotation:
+            a = torch.zeros(dim_in, dim_in)
+            if phi_rotation_init:
+                # plane rotations in the (2j, 2j+1) planes with phi-scaled angles (the original's phi rotation init,
+                # generalised from its 2-D/4-D special cases to any dimension)
+                for j in range(dim_in // 2):
+                    a[2 * j, 2 * j + 1] = (math.pi / 4) * PHI ** (((level_idx + j) % 5) - 2) / 2
+            self.skew = nn.Parameter(a)
+        self.map = nn.Linear(dim_in, dim_out)
+
+    def rotation(self) -> Tensor:
+        s = self.skew.float()
+        return torch.linalg.matrix_exp(s - s.T)
+
+    def forward(self, t: Tensor, rel: Tensor, desc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.use_rotation:
+            rot = self.rotation()
+            t, rel, desc = t @ rot.T, rel @ rot.T, desc @ rot.T
+        # relative vectors are differences of points: no bias for them
+        return self.map(t), F.linear(rel, self.map.weight), self.map(desc)
+
+
+class WuBuStack(nn.Module):
+    """(..., in_dim) -> (..., out_dim). Aggregation: concatenation of every level's [log0(y), relative vector]."""
+
+    def __init__(self, in_dim: int, cfg: WuBuStackConfig, *, dropout: float, boundary_points: int, hidden_ratio: float,
+                 euclidean: bool, out_dim: int | None = None):
+        super().__init__()
+        n = cfg.num_levels
+        dims = list(cfg.hyperbolic_dims[:n])
+        self.out_dim = out_dim or cfg.output_dim or (dims[-1] if n else in_dim)
+        if n == 0:
+            self.levels = nn.ModuleList()
+            self.transforms = nn.ModuleList()
+            self.input_proj = nn.Identity()
+            self.output_proj = nn.Linear(in_dim, self.out_dim)
+            return
+        self.input_proj = nn.Sequential(nn.Linear(in_dim, dims[0]), nn.LayerNorm(dims[0]))
+        curv = [phi_curvature(c, i) if cfg.phi_influence_curvature else c
+                for i, c in enumerate(cfg.initial_curvatures[:n])]
+        self.levels = nn.ModuleList(
+            WuBuLevel(d, curv[i], has_context=i > 0, boundary_points=boundary_points, dropout=dropout,
+                      hidden_ratio=hidden_ratio, euclidean=euclidean)
+            for i, d in enumerate(dims)
+        )
+        self.transforms = nn.ModuleList(
+            LevelTransform(dims[i], dims[i + 1], use_rotation=cfg.use_rotation,
+                           phi_rotation_init=cfg.phi_influence_rotation_init, level_idx=i)
+            for i in range(n - 1)
+        )
+        self.output_proj = nn.Linear(2 * sum(dims), self.out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        lead = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])
+        if not len(self.levels):
+            return self.output_proj(x).reshape(*lead, self.out_dim)
+        t = self.input_proj(x)
+        rel = desc = None
+        outs = []
+        for i, level in enumerate(self.levels):
+            o, r, d = level(t, rel, desc)
+            outs.append(o)
+            outs.append(r)
+            if i < len(self.transforms):
+                t, rel, desc = self.transforms[i](o, r, d)
+        # the hyperbolic parts run in float32; autocast casts for the Linear where it is on
+        y = self.output_proj(torch.cat(outs, -1))
+        return y.reshape(*lead, self.out_dim)

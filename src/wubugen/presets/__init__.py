@@ -1,0 +1,1 @@
+"""Preset option files (TOML) shipped with the package: launcher, tiny, quickstart."""

@@ -1,0 +1,109 @@
+"""The typed config: the original's flag names, presets, TOML, precedence and one-line errors."""
+import argparse
+
+import pytest
+
+from wubugen.config import (
+    PRESETS, Config, ConfigError, add_config_arguments, build_config, config_from_args, config_from_dict, flag_table,
+)
+
+# SPEC §10 flags that still mean something (all of them but the two the original overwrote, which now mean what they say)
+ORIGINAL_FLAGS = """video_data_path local_rank epochs batch_size image_h image_w num_channels num_input_frames
+num_predict_frames frame_skip seed num_workers checkpoint_dir load_checkpoint load_strict wandb wandb_project wandb_run_name
+log_interval save_interval gaad_num_regions gaad_decomposition_type gaad_min_size_px use_wubu_motion_branch
+gaad_motion_num_regions gaad_motion_decomposition_type optical_flow_net_type freeze_flow_net flow_stats_components latent_dim
+encoder_use_roi_align encoder_shallow_cnn_channels encoder_roi_align_output_h encoder_roi_align_output_w
+encoder_pixel_patch_size encoder_initial_tangent_dim gen_temporal_kernel_size gen_final_conv_kernel_spatial
+discriminator_type disc_apply_spectral_norm disc_base_disc_channels disc_max_disc_channels disc_temporal_kernel_size
+disc_min_hidden_fc_dim disc_max_hidden_fc_dim disc_use_gaad_film_condition disc_gaad_condition_dim_disc disc_patch_size
+disc_cnn_channels_2d wubu_dropout wubu_s_num_levels wubu_s_hyperbolic_dims wubu_s_initial_curvatures wubu_s_use_rotation
+wubu_s_phi_influence_curvature wubu_s_phi_influence_rotation_init wubu_m_num_levels wubu_m_hyperbolic_dims
+wubu_m_initial_curvatures wubu_m_use_rotation wubu_m_phi_influence_curvature wubu_m_phi_influence_rotation_init
+wubu_t_num_levels wubu_t_hyperbolic_dims wubu_t_initial_curvatures wubu_t_use_rotation wubu_t_phi_influence_curvature
+wubu_t_phi_influence_rotation_init wubu_s_output_dim wubu_m_output_dim lambda_recon lambda_kl lambda_gan learning_rate_gen
+learning_rate_disc risgd_max_grad_norm global_max_grad_norm q_controller_enabled grad_accum_steps use_amp detect_anomaly
+log_grad_norm lambda_kl_update_interval min_lambda_kl_q_control max_lambda_kl_q_control wandb_log_train_recon_interval
+wandb_log_fixed_noise_samples_interval use_lpips_for_verification validation_video_path validation_split_fraction
+val_block_size val_primary_metric num_val_samples_to_log demo_num_samples""".split()
+
+
+def parse(argv):
+    p = argparse.ArgumentParser()
+    add_config_arguments(p)
+    return config_from_args(p.parse_args(argv))
+
+
+def test_every_original_flag_keeps_its_name():
+    table = flag_table()
+    missing = [f for f in ORIGINAL_FLAGS if f not in table]
+    assert missing == []
+
+
+def test_launcher_style_command_line():
+    cfg = parse("--image_h 256 --image_w 256 --num_input_frames 10 --num_predict_frames 3 --latent_dim 512 "
+                "--gaad_num_regions 24 --wubu_s_hyperbolic_dims 128 64 --wubu_s_initial_curvatures 1.0 0.7 "
+                "--disc_use_gaad_film_condition --lambda_kl 0.0001 --q_controller_enabled --disc_apply_spectral_norm "
+                "--flow_stats_components mag_mean angle_mean --load_strict".split())
+    assert cfg.data.image_h == 256 and cfg.data.num_input_frames == 10
+    assert cfg.model.wubu_s.hyperbolic_dims == [128, 64] and cfg.model.wubu_s.initial_curvatures == [1.0, 0.7]
+    assert cfg.model.disc_use_gaad_film_condition is True and cfg.train.lambda_kl == 1e-4
+    assert cfg.train.load_strict is True
+
+
+def test_bool_flag_forms():
+    assert parse(["--disc_use_gaad_film_condition", "false"]).model.disc_use_gaad_film_condition is False
+    assert parse(["--disc_use_gaad_film_condition=true"]).model.disc_use_gaad_film_condition is True
+    assert parse(["--no-disc_apply_spectral_norm"]).model.disc_apply_spectral_norm is False
+
+
+def test_presets_load_and_precedence(tmp_path):
+    for name in PRESETS:
+        assert isinstance(build_config(name), Config)
+    launcher = build_config("launcher")
+    assert (launcher.data.image_h, launcher.model.latent_dim, launcher.model.gaad_num_regions) == (256, 512, 24)
+    assert launcher.model.wubu_t.hyperbolic_dims == [256, 128]
+    toml = tmp_path / "run.toml"
+    toml.write_text('lambda_kl = 0.01\n[data]\nimage_h = 128\n[model.wubu_s]\nnum_levels = 1\nhyperbolic_dims = [40]\n'
+                    'initial_curvatures = [0.9]\n')
+    cfg = build_config("launcher", str(toml), {"image_w": "96"})
+    assert cfg.data.image_h == 128 and cfg.data.image_w == 96 and cfg.model.latent_dim == 512
+    assert cfg.model.wubu_s.hyperbolic_dims == [40] and cfg.train.lambda_kl == 0.01
+
+
+def test_toml_round_trip():
+    cfg = build_config("launcher", overrides={"load_checkpoint": None, "lambda_kl": 0.003})
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg
+
+
+def test_single_values_broadcast_like_the_original():
+    cfg = build_config(overrides={"wubu_t_num_levels": 3, "wubu_t_hyperbolic_dims": "64", "wubu_t_initial_curvatures": "0.5"})
+    assert cfg.model.wubu_t.hyperbolic_dims == [64, 64, 64]
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"image_h": "abc"}, "--image_h"),
+    ({"resize": "zoom"}, "--resize must be one of"),
+    ({"wubu_s_num_levels": 3, "wubu_s_hyperbolic_dims": "8 8"}, "--wubu_s_hyperbolic_dims has 2 values"),
+    ({"flow_stats_components": "speed"}, "--flow_stats_components"),
+    ({"batch_size": 0}, "--batch_size must be positive"),
+    ({"latent_downsample": 3}, "power of two"),
+    ({"bogus_option": 1}, "unknown option"),
+    ({"resume": "a", "load_checkpoint": "b"}, "give one of them"),
+    ({"disc_use_gaad_film_condition": "maybe"}, "true or false"),
+])
+def test_bad_values_are_one_line_errors(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        build_config(overrides=overrides)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_config_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("image_h = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        build_config(config_file=str(bad))
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_config(config_file=str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError, match="unknown preset"):
+        build_config("huge")

@@ -1,0 +1,167 @@
+"""Model properties: gradient coverage over the preset grid, shapes, time mixing, tasks, determinism, bf16 vs fp32."""
+import math
+
+import pytest
+import torch
+
+from wubugen.config import build_config
+from wubugen.inspect_cmd import dead_parameters, random_clip, training_step_grads
+from wubugen.models.discriminator import build_discriminator
+from wubugen.models.vaegan import build_model
+from wubugen.models.wubu import WuBuStack
+
+
+def grads_ok(cfg, batch=2):
+    torch.manual_seed(0)
+    model, disc = build_model(cfg), build_discriminator(cfg)
+    training_step_grads(model, disc, random_clip(cfg, batch), cfg)
+    return dead_parameters(list(model.named_parameters()) + [("disc." + n, p) for n, p in disc.named_parameters()])
+
+
+GRID = [(task, dtype, film) for task in ("reconstruct", "predict")
+        for dtype, film in (("spatio_temporal_cnn", False), ("spatio_temporal_cnn", True), ("regional_cnn", False))]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "quickstart"])
+@pytest.mark.parametrize("task,dtype,film", GRID)
+def test_every_parameter_gets_gradient(preset, task, dtype, film):
+    cfg = build_config(preset, overrides={"task": task, "discriminator_type": dtype, "disc_use_gaad_film_condition": film})
+    assert grads_ok(cfg) == []
+
+
+def test_every_parameter_gets_gradient_launcher_default():
+    assert grads_ok(build_config("launcher"), batch=1) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task,dtype,film", GRID)
+def test_every_parameter_gets_gradient_launcher_grid(task, dtype, film):
+    cfg = build_config("launcher", overrides={"task": task, "discriminator_type": dtype,
+                                              "disc_use_gaad_film_condition": film})
+    assert grads_ok(cfg, batch=1) == []
+
+
+@pytest.mark.parametrize("overrides", [
+    {"latent_type": "global"},
+    {"encoder_use_roi_align": False},
+    {"wubu_euclidean": True},
+    {"wubu_s_use_rotation": True, "wubu_s_phi_influence_rotation_init": True, "wubu_t_use_rotation": True},
+    {"wubu_t_num_levels": 0},
+    {"num_predict_frames": 3, "num_input_frames": 2, "task": "predict", "latent_type": "global"},
+])
+def test_variants_have_no_dead_parameters(overrides):
+    assert grads_ok(build_config("tiny", overrides=overrides)) == []
+
+
+@pytest.mark.parametrize("h,w", [(32, 32), (48, 80), (36, 60), (40, 24), (17, 33)])
+@pytest.mark.parametrize("latent", ["spatial", "global"])
+@pytest.mark.parametrize("task", ["reconstruct", "predict"])
+def test_output_shapes_any_frame_size(h, w, latent, task):
+    cfg = build_config("tiny", overrides={"image_h": h, "image_w": w, "latent_type": latent, "task": task,
+                                          "num_predict_frames": 2})
+    model, disc = build_model(cfg), build_discriminator(cfg)
+    clip = random_clip(cfg, 2)
+    out = model(clip)
+    assert out.recon.shape == (2, 2, 3, h, w) == out.target.shape
+    assert out.mu.shape == (2, *model.latent_shape()) == out.logvar.shape
+    assert disc(out.recon).shape == (2, 1)
+    assert out.recon.abs().max() <= 1.0
+    if latent == "spatial":
+        assert model.latent_shape()[-2:] == (math.ceil(h / 4), math.ceil(w / 4))
+
+
+def test_every_encoder_frame_reaches_the_latent():
+    for task in ("reconstruct", "predict"):
+        for latent in ("spatial", "global"):
+            cfg = build_config("tiny", overrides={"task": task, "latent_type": latent, "num_input_frames": 3,
+                                                  "num_predict_frames": 2, "wubu_dropout": 0.0})
+            model = build_model(cfg).eval()
+            clip = random_clip(cfg, 1).requires_grad_()
+            out = model(clip, sample_posterior=False)
+            out.mu.sum().backward()
+            per_frame = clip.grad.abs().sum((0, 2, 3, 4))
+            n_enc = cfg.encoder_frames
+            assert (per_frame[:n_enc] > 0).all(), (task, latent, per_frame)
+            if task == "predict":  # the encoder sees only the context
+                assert (per_frame[n_enc:] == 0).all()
+
+
+def test_wubu_t_mixes_time_on_its_own():
+    """The region codes of WuBu-T depend on every frame (not only the last, SPEC D8)."""
+    cfg = build_config("tiny", overrides={"num_input_frames": 4, "wubu_dropout": 0.0})
+    enc = build_model(cfg).encoder.eval()
+    x = random_clip(cfg, 1).requires_grad_()
+    b, t, c, h, w = x.shape
+    shallow = enc.stem(x.reshape(b * t, c, h, w))
+    s = enc.wubu_s(enc.patch_embed(enc.region_tokens(shallow, x.reshape(b * t, c, h, w)))).reshape(b, t, enc.num_regions, -1)
+    codes = enc.wubu_t(torch.cat([s.permute(0, 2, 1, 3).reshape(b, enc.num_regions, -1),
+                                  enc.box_features[None]], -1))
+    codes.sum().backward()
+    assert (x.grad.abs().sum((0, 2, 3, 4)) > 0).all()
+
+
+def test_deterministic_given_seed():
+    cfg = build_config("tiny")
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = build_model(cfg)
+        torch.manual_seed(4)
+        outs.append(model(random_clip(cfg, 2, torch.Generator().manual_seed(1))).recon)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_bf16_forward_agrees_with_fp32():
+    cfg = build_config("quickstart", overrides={"wubu_dropout": 0.0})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    disc = build_discriminator(cfg).eval()
+    clip = random_clip(cfg, 2)
+    with torch.no_grad():
+        ref = model(clip, sample_posterior=False)
+        ref_logits = disc(ref.recon)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(clip, sample_posterior=False)
+            low_logits = disc(ref.recon)
+
+    def rel(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+    assert rel(low.mu, ref.mu) < 0.05
+    assert rel(low.recon, ref.recon) < 0.05
+    assert rel(low_logits, ref_logits) < 0.05
+
+
+def test_unconditional_sample_uses_training_boxes_and_shapes():
+    cfg = build_config("tiny")
+    model = build_model(cfg).eval()
+    s = model.sample(3, generator=torch.Generator().manual_seed(0))
+    assert s.shape == (3, 1, 3, 32, 32)
+    cfg_p = build_config("tiny", overrides={"task": "predict"})
+    mp = build_model(cfg_p).eval()
+    with pytest.raises(ValueError):
+        mp.sample(2)
+    assert mp.sample(2, context_clip=random_clip(cfg_p, 2)).shape == (2, 1, 3, 32, 32)
+
+
+def test_euclidean_ablation_has_the_same_size_but_no_curvature():
+    hyp = build_model(build_config("tiny"))
+    euc = build_model(build_config("tiny", overrides={"wubu_euclidean": True}))
+    n_curv = sum(1 for n, _ in hyp.named_parameters() if n.endswith("curvature_u"))
+    assert n_curv > 0
+    assert sum(p.numel() for p in hyp.parameters()) - n_curv == sum(p.numel() for p in euc.parameters())
+
+
+def test_launcher_sizes_follow_the_original():
+    cfg = build_config("launcher")
+    model = build_model(cfg)
+    enc = model.encoder
+    assert [lv.dim for lv in enc.wubu_s.levels] == [128, 64]
+    assert [lv.dim for lv in enc.wubu_t.levels] == [256, 128]
+    assert enc.num_regions == 24
+    # phi-influenced initial curvatures (SPEC §2.2): 0.4859, 0.5503
+    cs = [lv.curvature().item() for lv in enc.wubu_s.levels]
+    assert cs == pytest.approx([0.4859, 0.5503], abs=1e-3)
+    # no 32-wide bottleneck: the combiner's hidden width follows the level's
+    assert enc.wubu_t.levels[0].combiner[0].out_features == 256
+    assert isinstance(enc.wubu_s, WuBuStack)
