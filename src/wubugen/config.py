@@ -132,7 +132,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 100
-    max_steps: int = 0  # > 0: stop after this many optimizer steps of this run
+    max_steps: int = 0  # > 0: train this many optimizer steps (overrides --epochs)
     batch_size: int = 4
     seed: int = 42
     device: str = "auto"  # auto: cuda if available, else cpu

@@ -1,0 +1,131 @@
+"""`wubugen data inspect | demo | moving-mnist`."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from wubugen.config import add_config_arguments, config_from_args
+from wubugen.data import moving_mnist
+from wubugen.data.pipeline import DataInfo, build_datasets
+from wubugen.data.synthetic import write_demo
+from wubugen.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser("data", help="inspect footage; make demo or Moving-MNIST data",
+                                 description="Inspect footage and make synthetic data.")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    data.set_defaults(func=lambda args: _usage(data))
+
+    ins = sub.add_parser(
+        "inspect", help="list the footage found, its windows and split, and every file that cannot be used",
+        description="Decode (into the cache) and describe the footage at PATH with the given data options: files, "
+                    "frames, resolution, fps, codec, windows, split sizes, and each unusable file with the reason.",
+    )
+    ins.add_argument("path", metavar="PATH", help="video file, folder (searched recursively), frame folder, or list")
+    ins.add_argument("--seed", dest="opt__seed", default=None, metavar="SEED",
+                     help="split seed (the training seed; default 42)")
+    ins.add_argument("--json", action="store_true", help="print the full report as JSON")
+    add_config_arguments(ins, only=("data",))
+    ins.set_defaults(func=_inspect)
+
+    demo = sub.add_parser(
+        "demo", help="write the synthetic demo footage (the default training data) to a folder",
+        description="Render the synthetic footage that `wubugen train` uses when no --video_data_path is given: "
+                    "--demo_num_clips clips of --demo_clip_frames frames at --image_h x --image_w, as MP4 files.",
+    )
+    demo.add_argument("out", metavar="OUT", help="folder to create (must be empty or new)")
+    add_config_arguments(demo, only=("data",))
+    demo.set_defaults(func=_demo)
+
+    mm = sub.add_parser(
+        "moving-mnist", help="make a Moving-MNIST array (standard protocol) from a digits .npy",
+        description="Standard Moving MNIST: 64x64, two 28x28 digits bouncing at 3.6 px per frame, max compositing. "
+                    "Writes uint8 (N, T, 64, 64) to OUT.npy, usable directly as --video_data_path.",
+    )
+    mm.add_argument("out", metavar="OUT.npy")
+    mm.add_argument("--digits", required=True, metavar="FILE.npy", help="digits (N, 28, 28) uint8, e.g. MNIST")
+    mm.add_argument("--num_sequences", type=int, default=10000)
+    mm.add_argument("--seq_len", type=int, default=moving_mnist.SEQ_LEN)
+    mm.add_argument("--seed", type=int, default=0)
+    mm.set_defaults(func=_moving_mnist)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    args.opt__video_data_path = args.path
+    cfg = config_from_args(args)
+    bundle = build_datasets(cfg)
+    if args.json:
+        print(json.dumps(bundle.info.to_dict(), indent=1))
+    else:
+        print(format_info(bundle.info))
+    return 0
+
+
+def format_info(info: DataInfo) -> str:
+    """The human-readable report of `wubugen data inspect`."""
+    lines: list[str] = []
+    src = f"{info.train_path} (synthetic demo footage)" if info.demo else info.train_path
+    lines.append(f"footage: {src}" + (f"; validation: {info.val_path}" if info.val_path else ""))
+    name_w = max([len("file")] + [len(s.name) for s in info.sources])
+    header = f"  {'file':<{name_w}}  {'kind':<6} {'frames':>6}  {'source':>9}  {'fps':>6}  {'codec':<8} " \
+             f"{'windows':>7} {'train':>6} {'val':>6}  notes"
+    lines.append(header)
+    for s in info.sources:
+        fps = f"{s.fps:.2f}" if s.fps else "-"
+        notes = list(s.notes)
+        if s.scene_cuts:
+            notes.insert(0, f"{s.scene_cuts} scene cuts")
+        lines.append(
+            f"  {s.name:<{name_w}}  {s.kind:<6} {s.frames:>6}  {f'{s.width}x{s.height}':>9}  {fps:>6}  {s.codec:<8} "
+            f"{s.windows:>7} {s.train_windows:>6} {s.val_windows:>6}  {'; '.join(notes)}".rstrip()
+        )
+    total_frames = sum(s.frames for s in info.sources)
+    lines.append(f"  {len(info.sources)} usable sources, {total_frames} frames"
+                 + (f", {info.ignored_files} other files ignored" if info.ignored_files else ""))
+    if info.unusable:
+        lines.append(f"could not use {len(info.unusable)}:")
+        lines.extend(f"  {u['path']}: {u['reason']}" for u in info.unusable)
+    if info.duplicates:
+        lines.append(f"duplicates used once ({len(info.duplicates)}):")
+        lines.extend(f"  {d['path']}: same content as {d['same_as']}" for d in info.duplicates)
+    predict = info.window_frames
+    cut = f"scene cuts above {info.scene_cut_threshold:g}" if info.scene_cut_threshold > 0 else "scene cuts ignored"
+    lines.append(f"windows: {predict} frames every {info.frame_skip} (span {info.window_span}), stride "
+                 f"{info.window_stride}, {cut}; frames {info.image_h}x{info.image_w}x{info.channels} by {info.resize}")
+    if info.split_mode == "path":
+        how = "separate validation path"
+    elif info.split_mode == "none":
+        how = "no validation (fraction 0)"
+    else:
+        how = f"{info.split_mode}, fraction {info.val_fraction:g}, seed {info.split_seed}"
+        if info.split_mode == "time":
+            how += f", blocks of {info.val_block_size} windows, {info.guard_dropped} windows dropped as guard"
+    lines.append(f"split ({how}): {info.train_windows} training windows, {info.val_windows} validation windows")
+    lines.append(f"cache: {info.cache_dir} ({info.cache_built} decoded now, {info.cache_reused} reused)")
+    return "\n".join(lines)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: exists and is not an empty folder")
+    d = cfg.data
+    paths = write_demo(out, num_clips=d.demo_num_clips, clip_frames=d.demo_clip_frames, height=d.image_h,
+                       width=d.image_w)
+    print(f"wrote {len(paths)} clips of {d.demo_clip_frames} frames at {d.image_h}x{d.image_w} to {out}")
+    return 0
+
+
+def _moving_mnist(args: argparse.Namespace) -> int:
+    out = moving_mnist.write(args.out, args.digits, num_sequences=args.num_sequences, seq_len=args.seq_len,
+                             seed=args.seed)
+    print(f"wrote {args.num_sequences} Moving-MNIST sequences of {args.seq_len} frames (64x64) to {out}")
+    return 0
