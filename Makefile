@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(VENV)/bin/wubugen inspect --preset quickstart
+	$(VENV)/bin/wubugen train --preset quickstart
 
 test: $(STAMP)
 	$(PY) -m pytest -q

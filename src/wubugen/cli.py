@@ -13,6 +13,7 @@ COMMANDS = (
     "wubugen.inspect_cmd",
     "wubugen.data.commands",
     "wubugen.train.commands",
+    "wubugen.train.phases",
     "wubugen.eval.commands",
 )
 

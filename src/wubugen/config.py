@@ -519,6 +519,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("--use_wubu_motion_branch needs --wubu_m_num_levels >= 1")
     if m.use_wubu_motion_branch and cfg.encoder_frames < 2:
         raise ConfigError("the motion branch needs at least 2 encoder frames")
+    if m.use_wubu_motion_branch and m.optical_flow_net_type == "dis" and not m.freeze_flow_net:
+        raise ConfigError("--optical_flow_net_type dis is not differentiable: use --freeze_flow_net (the default) "
+                          "or a RAFT net to train the flow")
     if m.gaad_min_size_px < 1:
         raise ConfigError("--gaad_min_size_px must be >= 1")
     if not 0.0 <= m.wubu_dropout < 1.0:

@@ -5,23 +5,31 @@ The trainer uses:
     loader = make_loader(bundle.train, cfg, train=True, rank=rank, world_size=world_size, epoch=e, start_batch=k)
     x = to_model_range(batch.to(device, non_blocking=True))  # uint8 (B, T, C, H, W) -> float [-1, 1]
 Media code uses write_video / write_gif / to_uint8, and `wubugen sample --context` uses read_clip.
-"""
-from wubugen.data.dataset import WindowDataset
-from wubugen.data.loader import make_loader, to_model_range, to_uint8
-from wubugen.data.pipeline import DataBundle, DataInfo, SourceInfo, build_datasets
-from wubugen.data.video_io import DecodeError, read_clip, write_gif, write_video
 
-__all__ = [
-    "DataBundle",
-    "DataInfo",
-    "DecodeError",
-    "SourceInfo",
-    "WindowDataset",
-    "build_datasets",
-    "make_loader",
-    "read_clip",
-    "to_model_range",
-    "to_uint8",
-    "write_gif",
-    "write_video",
-]
+Names are imported on first use, so the model and training step (which need only `to_model_range`) import without the
+video decoders (PyAV, OpenCV), e.g. on a GPU machine that trains from tensors.
+"""
+from importlib import import_module
+
+_EXPORTS = {
+    "WindowDataset": "wubugen.data.dataset",
+    "make_loader": "wubugen.data.loader",
+    "to_model_range": "wubugen.data.loader",
+    "to_uint8": "wubugen.data.loader",
+    "DataBundle": "wubugen.data.pipeline",
+    "DataInfo": "wubugen.data.pipeline",
+    "SourceInfo": "wubugen.data.pipeline",
+    "build_datasets": "wubugen.data.pipeline",
+    "DecodeError": "wubugen.data.video_io",
+    "read_clip": "wubugen.data.video_io",
+    "write_gif": "wubugen.data.video_io",
+    "write_video": "wubugen.data.video_io",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'wubugen.data' has no attribute {name!r}")

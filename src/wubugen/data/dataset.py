@@ -56,11 +56,16 @@ class WindowDataset(Dataset):
         self.random_crop = random_crop
         self.epoch = 0
         self._maps: OrderedDict[int, np.memmap] = OrderedDict()
+        # --- motion branch (wubugen.flow): cached flows served beside the frames, see set_flow ---
+        self.flow_paths: list[str] | None = None
+        self.flow_steps = 0
+        self._flow_maps: OrderedDict[int, np.ndarray] = OrderedDict()
 
     # The memory maps are per process: workers reopen them (pickling a memmap would copy the whole array).
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_maps"] = OrderedDict()
+        state["_flow_maps"] = OrderedDict()  # motion branch
         return state
 
     def __len__(self) -> int:
@@ -90,8 +95,8 @@ class WindowDataset(Dataset):
             self._maps.move_to_end(src)
         return arr
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        """uint8 (T, C, H, W)."""
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (T, C, H, W); with flows attached (set_flow), (frames, float16 flow (steps, 2, H, W))."""
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"window {index} out of range [0, {len(self)})")
@@ -100,6 +105,8 @@ class WindowDataset(Dataset):
         clip = np.array(self._frames(src)[start:start + self.spec.span:self.spec.skip])  # copy out of the map
         if self.augment:
             clip = self._augment(clip, index)
+        if self.flow_steps:  # motion branch
+            return torch.from_numpy(clip), torch.from_numpy(self._flow_window(src, start, index))
         return torch.from_numpy(clip)
 
     def __getitems__(self, indices: list[int]) -> torch.Tensor:
@@ -110,6 +117,8 @@ class WindowDataset(Dataset):
         """
         if not indices:
             raise ValueError("empty batch")
+        if self.flow_steps:  # motion branch: (frames, flows)
+            return self._getitems_with_flow(indices)
         c, h, w = self.shapes[int(self.table.source[int(indices[0])])]
         shape = (len(indices), self.spec.frames, c, h, w)
         out = torch.empty(shape, dtype=torch.uint8)
@@ -151,6 +160,74 @@ class WindowDataset(Dataset):
         if self.flip and u_flip < 0.5:
             clip = np.ascontiguousarray(clip[..., ::-1])
         return clip
+
+    # --- motion branch (wubugen.flow) ---------------------------------------------------------------------------------
+    def set_flow(self, entries: list[Any] | None, steps: int = 0) -> None:
+        """Serve each window with the cached flows of its first `steps + 1` frames: items become (frames uint8
+        (T, C, H, W), flow float16 (steps, 2, H, W)), flow j going from window frame j to frame j + 1. `entries[i]`
+        (a wubugen.flow.cache.FlowEntry) holds source i's flows, frame k -> frame k + frame_skip for every k.
+        None detaches the flows (plain frame items again)."""
+        if entries is None or steps <= 0:
+            self.flow_paths, self.flow_steps = None, 0
+        else:
+            if len(entries) != len(self.paths):
+                raise ValueError(f"{len(entries)} flow entries for {len(self.paths)} sources")
+            if steps > self.spec.frames - 1:
+                raise ValueError(f"{steps} flow steps, but windows have {self.spec.frames} frames")
+            for e, n, shape in zip(entries, self.frame_counts, self.shapes):
+                if e.skip != self.spec.skip or e.pairs != n - self.spec.skip or tuple(e.shape) != tuple(shape[1:]):
+                    raise ValueError(f"flow entry {e.path} does not fit its frames")
+            self.flow_paths, self.flow_steps = [str(e.path) for e in entries], int(steps)
+        self._flow_maps = OrderedDict()
+
+    def _flows(self, src: int) -> np.ndarray:
+        arr = self._flow_maps.get(src)
+        if arr is None:
+            arr = np.load(self.flow_paths[src], mmap_mode="r")
+            self._flow_maps[src] = arr
+            if len(self._flow_maps) > _MAX_OPEN_MAPS:
+                self._flow_maps.popitem(last=False)
+        else:
+            self._flow_maps.move_to_end(src)
+        return arr
+
+    def _flow_window(self, src: int, start: int, index: int) -> np.ndarray:
+        k = self.spec.skip
+        flow = np.array(self._flows(src)[start:start + self.flow_steps * k:k])  # (steps, 2, H, W) float16
+        return self._augment_flow(flow, index) if self.augment else flow
+
+    def _augment_flow(self, flow: np.ndarray, index: int) -> np.ndarray:
+        """The frames' augmentation (same draws) applied to their flows: the crop is cut and resized like the frames,
+        with the vectors scaled by the zoom; a mirror mirrors the field and negates dx."""
+        u_scale, u_y, u_x, u_flip = self.draws(index)
+        if self.random_crop:
+            t, _, h, w = flow.shape
+            s = CROP_MIN_SCALE + (1.0 - CROP_MIN_SCALE) * u_scale
+            ch, cw = max(1, round(h * s)), max(1, round(w * s))
+            y0, x0 = int(u_y * (h - ch + 1)), int(u_x * (w - cw + 1))
+            crop = flow[:, :, y0:y0 + ch, x0:x0 + cw].astype(np.float32)
+            out = np.empty((t, 2, h, w), dtype=np.float32)
+            for i in range(t):
+                for j in range(2):
+                    cv2.resize(crop[i, j], (w, h), dst=out[i, j], interpolation=cv2.INTER_LINEAR)
+            out[:, 0] *= w / cw
+            out[:, 1] *= h / ch
+            flow = out.astype(flow.dtype)
+        if self.flip and u_flip < 0.5:
+            flow = np.ascontiguousarray(flow[..., ::-1])
+            flow[:, 0] *= -1
+        return flow
+
+    def _getitems_with_flow(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        c, h, w = self.shapes[int(self.table.source[int(indices[0])])]
+        frames = torch.empty((len(indices), self.spec.frames, c, h, w), dtype=torch.uint8)
+        flows = torch.empty((len(indices), self.flow_steps, 2, h, w), dtype=torch.float16)
+        if get_worker_info() is not None:
+            frames.share_memory_()
+            flows.share_memory_()
+        for j, index in enumerate(indices):
+            frames[j], flows[j] = self[index]
+        return frames, flows
 
     def describe(self) -> str:
         return f"{len(self)} windows of {self.spec.frames} frames from {len(set(self.table.source.tolist()))} sources"

@@ -80,8 +80,19 @@ class ShardBatchSampler(Sampler[list[int]]):
 
 
 def collate_windows(batch: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
-    """A batch from WindowDataset.__getitems__ is already one tensor; other datasets' item lists are stacked."""
+    """A batch from WindowDataset.__getitems__ is already one tensor (or, with the motion branch's flows, a tuple
+    (frames, flows)); other datasets' item lists are stacked."""
+    if isinstance(batch, tuple):  # motion branch: __getitems__ collated (frames, flows) already
+        return batch
     return batch if isinstance(batch, torch.Tensor) else default_collate(batch)
+
+
+def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A loader batch -> (uint8 frames (B, T, C, H, W), float16 flows (B, T_enc - 1, 2, H, W) or None).
+    Batches carry flows only when the motion branch's flow cache is attached to the dataset."""
+    if isinstance(batch, (tuple, list)):
+        return batch[0], batch[1]
+    return batch, None
 
 
 def _seed_worker(worker_id: int, base: int) -> None:

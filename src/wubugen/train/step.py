@@ -131,6 +131,11 @@ class StepRunner:
             clip = clip.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (b, t))
         return clip
 
+    def prepare_flow(self, flow: Tensor | None) -> Tensor | None:
+        """Motion branch: cached float16 flows (B, T_enc - 1, 2, H, W) on the host -> the device (the motion encoder
+        reduces them in float32/64), or None (the model computes flow itself)."""
+        return None if flow is None else flow.to(self.device, non_blocking=True)
+
     def run(self, batches: list[Tensor], lambda_kl: float, adv_on: bool, flows: list[Tensor | None] | None = None
             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One optimizer step. -> (mean losses (7,) in LOSS_KEYS order, skipped flag, G grad norm, D grad norm),
@@ -144,7 +149,7 @@ class StepRunner:
             clip = self.prepare(batch)
             with _no_sync(self.model_ddp, last), _no_sync(self.disc_ddp, last):
                 with self.precision.autocast():
-                    out = self.model_ddp(clip, flow)
+                    out = self.model_ddp(clip, self.prepare_flow(flow))
                     logits = self.disc_ddp(torch.cat([out.target, out.recon.detach()], 0))
                 real_logits, fake_logits = logits.chunk(2, 0)
                 loss_d, loss_d_real, loss_d_fake = d_loss(real_logits, fake_logits, t.gan_loss)

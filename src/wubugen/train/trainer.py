@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from wubugen.config import Config, config_from_dict
 from wubugen.data import build_datasets, make_loader, to_uint8
+from wubugen.data.loader import split_batch
 from wubugen.errors import UserError
 from wubugen.eval.metrics import VideoMetrics, is_better, load_lpips, lpips_unavailable_message
 from wubugen.models.discriminator import build_discriminator
@@ -118,6 +119,13 @@ class Trainer:
                 self.log(f"note: LPIPS unavailable: {lpips_unavailable_message(t.lpips_weights)}")
 
         self.data = build_datasets(cfg, dist.rank, dist.world_size)
+        # --- motion branch: frozen flow is computed once per source (on this device) and served with the frames ---
+        if self.model.motion is not None and self.model.motion.uses_cache:
+            from wubugen.flow.cache import attach_flow_cache
+
+            report = attach_flow_cache(self.data, cfg, self.model.motion.flow, rank=dist.rank,
+                                       world_size=dist.world_size)
+            self.log(report.summary(self.model.motion.flow))
         self.fixed_noise: Tensor | None = None
         self._announced = False
 
@@ -250,14 +258,17 @@ class Trainer:
             loader = make_loader(self.data.train, cfg, True, self.dist.rank, self.dist.world_size, epoch=s.epoch,
                                  start_batch=s.batch_in_epoch)
             micro: list[Tensor] = []
+            micro_flow: list[Tensor | None] = []  # motion branch: cached flows (None: the model computes flow)
             for batch in loader:
+                batch, flow = split_batch(batch)
                 micro.append(batch)
+                micro_flow.append(flow)
                 s.batch_in_epoch += 1
                 if len(micro) < t.grad_accum_steps:
                     continue
                 adv_on = s.step >= t.gan_start_step
-                losses, _, gn_g, gn_d = self.runner.run(micro, s.lambda_kl, adv_on)
-                micro = []
+                losses, _, gn_g, gn_d = self.runner.run(micro, s.lambda_kl, adv_on, micro_flow)
+                micro, micro_flow = [], []
                 s.step += 1
                 log_sums += losses
                 q_sums += losses
@@ -405,9 +416,10 @@ class Trainer:
             for i, batch in enumerate(loader):
                 if cfg.train.val_max_batches and i >= cfg.train.val_max_batches:
                     break
+                batch, flow = split_batch(batch)
                 clip = self.runner.prepare(batch)
                 with self.precision.autocast():
-                    out = model(clip, sample_posterior=False)
+                    out = model(clip, self.runner.prepare_flow(flow), sample_posterior=False)
                 metrics.update(out.recon.float(), out.target.float())
                 if copy_last is not None:
                     last = clip[:, cfg.data.num_input_frames - 1:cfg.data.num_input_frames]
@@ -452,7 +464,8 @@ class Trainer:
             with self.precision.autocast():
                 if self.cfg.model.task == "predict":
                     source = self.data.val if self.data.val is not None and len(self.data.val) else self.data.train
-                    clip = self.runner.prepare(torch.stack([source[i] for i in range(min(num, len(source)))]))
+                    clip = self.runner.prepare(torch.stack([split_batch(source[i])[0]
+                                                            for i in range(min(num, len(source)))]))
                     frames = model.sample(num, context_clip=clip[:, : self.cfg.data.num_input_frames])
                     frames = torch.cat([clip[:, : self.cfg.data.num_input_frames], frames.float()], 1)
                 else:

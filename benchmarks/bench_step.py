@@ -1,0 +1,284 @@
+"""Time full training steps (D + G forward, both backwards, both optimizer updates) of wubugen on a GPU (or the CPU).
+
+Each row builds the model for a preset plus flags, warms up, then times `--steps` steps with CUDA events (median) on fresh
+random uint8 clips (never zeros) already on the device: data loading is out of the timed region, as in the measurement of
+the original script (reference/BASELINES.md). Q-control decisions run every `q_control_interval` steps, as in training.
+It reports s/step, clips/s, peak memory, FLOPs per step (torch.utils.flop_counter over one whole step) and model FLOPs
+utilisation against this card's measured bf16 matrix rate.
+
+usage:
+  python benchmarks/bench_step.py --rows launcher-fp32,launcher-bf16 --json out.json
+  python benchmarks/bench_step.py --preset launcher --set batch_size=16 --set precision=bf16
+  torchrun --nproc_per_node=2 benchmarks/bench_step.py --rows launcher-bf16     (DDP; rank 0 reports)
+Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile]`.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from wubugen.config import build_config  # noqa: E402
+from wubugen.models.discriminator import build_discriminator  # noqa: E402
+from wubugen.models.vaegan import build_model  # noqa: E402
+from wubugen.train.optim import apply_lr_momentum_scales, build_optimizer  # noqa: E402
+from wubugen.train.qcontrol import LRMomentumController  # noqa: E402
+from wubugen.train.step import LOSS_KEYS, StepRunner, resolve_precision  # noqa: E402
+
+
+def parse_row(name: str) -> tuple[str, dict]:
+    parts = name.split("-")
+    preset, over = parts[0], {}
+    for p in parts[1:]:
+        if p in ("fp32", "bf16", "fp16"):
+            over["precision"] = p
+        elif p.startswith("b") and p[1:].isdigit():
+            over["batch_size"] = int(p[1:])
+        elif p.startswith("t") and p[1:].isdigit():
+            over["num_input_frames"] = int(p[1:])
+        elif p.startswith("s") and p[1:].isdigit():
+            over["image_h"] = over["image_w"] = int(p[1:])
+        elif p == "motion":  # flow cached: precomputed flow is fed to the model
+            over["use_wubu_motion_branch"] = True
+            over["_flow"] = "cached"
+        elif p == "motionraw":  # flow computed by the frozen RAFT inside the step
+            over["use_wubu_motion_branch"] = True
+            over["_flow"] = "uncached"
+        elif p == "compile":
+            over["compile"] = True
+        elif p == "cwubu":  # compile only the WuBu stacks (the many small hyperbolic ops), convs stay eager
+            over["_cwubu"] = True
+        else:
+            raise SystemExit(f"unknown row part {p!r} in {name!r}")
+    return preset, over
+
+
+def random_raft_weights(preset: str, over: dict) -> str:
+    """RAFT weights with random values in a local file: timing needs the architecture, not the pretrained values."""
+    from torchvision.models.optical_flow import raft_large, raft_small
+
+    kind = over.get("optical_flow_net_type") or build_config(preset).model.optical_flow_net_type
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"random_{kind}.pth"
+    if not path.exists():
+        torch.save((raft_small if kind == "raft_small" else raft_large)(weights=None).state_dict(), path)
+    return str(path)
+
+
+def matmul_peak(device: torch.device) -> float:
+    """Measured bf16 matrix rate of this card (TFLOP/s), 8192^3 products on random data."""
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(10):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        a @ b
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / 1000)
+    return 2 * n ** 3 / statistics.median(times) / 1e12
+
+
+def build(cfg, device, dist_on: bool):
+    model = build_model(cfg).to(device)
+    disc = build_discriminator(cfg).to(device)
+    model_ddp, disc_ddp = model, disc
+    if dist_on:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model_ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        disc_ddp = DDP(disc, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        model_ddp = torch.compile(model_ddp)
+        disc_ddp = torch.compile(disc_ddp)
+    t = cfg.train
+    opt_g = build_optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], t.learning_rate_gen, t)
+    opt_d = build_optimizer(t.optimizer, list(disc.parameters()), t.learning_rate_disc, t)
+    runner = StepRunner(cfg, model, disc, model_ddp, disc_ddp, opt_g, opt_d, resolve_precision(cfg, device), device)
+    if cfg.train.compile:
+        runner.disc = torch.compile(disc)
+    return model, disc, runner, opt_g, opt_d
+
+
+def make_inputs(cfg, device, n: int, flow_mode: str | None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    d = cfg.data
+    shape = (cfg.train.batch_size, cfg.window_frames, d.num_channels, d.image_h, d.image_w)
+    out = []
+    for _ in range(n):
+        clip = torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
+        flow = None
+        if flow_mode == "cached":
+            flow = (torch.randn(shape[0], cfg.encoder_frames - 1, 2, d.image_h, d.image_w, device=device) * 2).half()
+        out.append((clip, flow))
+    return out
+
+
+def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, peak: float | None) -> dict:
+    preset, over = parse_row(name)
+    over.update(extra)
+    flow_mode = over.pop("_flow", None)
+    cwubu = over.pop("_cwubu", False)
+    if flow_mode == "uncached" and "flow_weights" not in over and "optical_flow_net_type" not in over:
+        over["flow_weights"] = random_raft_weights(preset, over)
+    if flow_mode == "cached":
+        over["freeze_flow_net"] = True
+    cfg = build_config(preset, overrides=over)
+    torch.manual_seed(0)
+    model, disc, runner, opt_g, opt_d = build(cfg, device, world > 1)
+    if cwubu:
+        from wubugen.models.wubu import WuBuStack
+
+        for m in model.modules():
+            if isinstance(m, WuBuStack):
+                m.compile()
+    q_g = LRMomentumController("gen", 1) if cfg.train.q_controller_enabled else None
+    q_d = LRMomentumController("disc", 2) if cfg.train.q_controller_enabled else None
+    inputs = make_inputs(cfg, device, 4, flow_mode)
+    lam = cfg.train.lambda_kl
+
+    def step(i: int) -> torch.Tensor:
+        clip, flow = inputs[i % len(inputs)]
+        losses, skip, _, _ = runner.run([clip], lam, True, flows=[flow.float() if flow is not None else None])
+        if q_g is not None and (i + 1) % cfg.train.q_control_interval == 0:
+            vals = dict(zip(LOSS_KEYS, losses.tolist()))
+            vals["lambda_kl"] = lam
+            gs = q_g.decide(vals, opt_g.param_groups[0]["lr"], opt_g.param_groups[0].get("momentum"))
+            ds = q_d.decide(vals, opt_d.param_groups[0]["lr"], opt_d.param_groups[0].get("momentum"))
+            apply_lr_momentum_scales(opt_g, *gs)
+            apply_lr_momentum_scales(opt_d, *ds)
+        return losses
+
+    cuda = device.type == "cuda"
+    for i in range(args.warmup):
+        step(i)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(args.steps):
+        if cuda:
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            step(i)
+            e.record()
+            e.synchronize()
+            times.append(s.elapsed_time(e) / 1000)
+        else:
+            t0 = time.perf_counter()
+            step(i)
+            times.append(time.perf_counter() - t0)
+    peak_mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if cuda else float("nan")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=acts) as prof:
+            for i in range(5):
+                step(i)
+            if cuda:
+                torch.cuda.synchronize()
+        key = "cuda_time_total" if cuda else "cpu_time_total"
+        table = prof.key_averages().table(sort_by=key, row_limit=40)
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+        (Path(args.profile) / f"{name}.txt").write_text(table)
+    flops = None
+    if not cfg.train.compile:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as fc:
+            step(0)
+        flops = fc.get_total_flops()
+    med = statistics.median(times)
+    b = cfg.train.batch_size * world
+    row = {
+        "row": name, "preset": preset, "overrides": {k: v for k, v in over.items()}, "flow": flow_mode,
+        "world_size": world, "batch_per_gpu": cfg.train.batch_size, "frames": cfg.window_frames,
+        "size": f"{cfg.data.image_h}x{cfg.data.image_w}", "s_per_step": med, "clips_per_s": b / med,
+        "p10_s": sorted(times)[len(times) // 10], "p90_s": sorted(times)[(9 * len(times)) // 10],
+        "peak_mem_gib": peak_mem, "params_g": sum(p.numel() for p in model.parameters()),
+        "params_d": sum(p.numel() for p in disc.parameters()),
+        "tflop_per_step": flops / 1e12 if flops else None,
+    }
+    if flops and peak:
+        row["achieved_tflops"] = flops / med / 1e12  # per GPU
+        row["mfu"] = row["achieved_tflops"] / peak
+    del model, disc, runner, inputs
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default="launcher-fp32,launcher-bf16", help="comma-separated row names")
+    ap.add_argument("--set", action="append", default=[], help="extra option for every row: name=value")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--json", default=None, help="write all rows here")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--profile", default=None, help="write a torch.profiler table per row into this folder")
+    args = ap.parse_args()
+    extra = dict(kv.split("=", 1) for kv in args.set)
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if args.device == "auto":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        device = torch.device(args.device)
+    if world > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    peak = matmul_peak(device) if device.type == "cuda" else None
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    rows = []
+    for name in [r for r in args.rows.split(",") if r]:
+        try:
+            row = time_row(name, extra, args, device, rank, world, peak)
+        except torch.OutOfMemoryError:
+            row = {"row": name, "error": "out of memory"}
+            gc.collect()
+            torch.cuda.empty_cache()
+        row["card"] = card
+        row["torch"] = torch.__version__
+        row["bf16_matmul_tflops"] = peak
+        rows.append(row)
+        if rank == 0:
+            if "error" in row:
+                print(f"{name:<34} {row['error']}", flush=True)
+            else:
+                mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "-"
+                tf = f"{row['tflop_per_step']:.3f}" if row.get("tflop_per_step") else "-"
+                print(f"{name:<34} {row['s_per_step'] * 1000:8.2f} ms/step {row['clips_per_s']:9.1f} clips/s "
+                      f"{row['peak_mem_gib']:7.2f} GiB  {tf} TFLOP/step  MFU {mfu}", flush=True)
+    if rank == 0:
+        print(f"card: {card}; torch {torch.__version__}; bf16 matmul {peak and round(peak)} TFLOP/s; world {world}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

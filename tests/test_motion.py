@@ -1,0 +1,141 @@
+"""The motion branch in the model: flow step t joins frame t, cached flow equals flow computed on the fly, every WuBu-M /
+embed parameter gets gradient (`wubugen inspect` finds no dead parameter), a frozen RAFT keeps its file's weights and eval
+mode, and `wubugen train --use_wubu_motion_branch --optical_flow_net_type dis` trains on real footage."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from wubugen.cli import main
+from wubugen.config import build_config
+from wubugen.inspect_cmd import random_clip, run_inspect
+from wubugen.models.motion import MotionEncoder
+from wubugen.models.vaegan import build_model
+from wubugen.train.losses import kl_loss, recon_loss
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos" / "train"
+SHORT_VIDEOS = ("intel__asl_eat.mkv", "intel__asl_hungry.mkv", "imageio__realshort.mp4")
+
+
+def tiny_motion(**over):
+    base = {"use_wubu_motion_branch": True, "optical_flow_net_type": "dis"}
+    base.update(over)
+    return build_config("tiny", overrides=base)
+
+
+@pytest.fixture(scope="module")
+def raft_file(tmp_path_factory) -> Path:
+    from torchvision.models.optical_flow import raft_small
+
+    torch.manual_seed(7)
+    path = tmp_path_factory.mktemp("w") / "raft_small_random.pth"
+    torch.save(raft_small(weights=None).state_dict(), path)
+    return path
+
+
+def test_motion_features_align_flow_step_t_with_frame_t() -> None:
+    cfg = tiny_motion(num_input_frames=3, num_predict_frames=1, wubu_dropout=0.0)
+    torch.manual_seed(0)
+    enc = MotionEncoder(cfg).eval()
+    b, t, h, w = 2, cfg.encoder_frames, cfg.data.image_h, cfg.data.image_w
+    frames = random_clip(cfg, b)
+    flow = torch.randn(b, t - 1, 2, h, w)
+    out = enc(frames, flow)
+    assert out.shape == (b, t, enc.out_dim)
+    torch.testing.assert_close(out[:, -1], enc.no_next[None].expand(b, -1))  # the last frame has no next frame
+    bumped = flow.clone()
+    bumped[:, 1] += 3.0  # change flow step 1 only: only frame 1's motion vector changes
+    out2 = enc(frames, bumped)
+    changed = (out2 - out).abs().amax(-1) > 1e-6
+    assert changed[:, 1].all() and not changed[:, [0, 2, 3]].any()
+    with pytest.raises(ValueError, match="flow must be"):
+        enc(frames, flow[:, :-1])
+
+
+def test_cached_flow_gives_the_same_model_output_as_flow_on_the_fly() -> None:
+    cfg = tiny_motion()
+    torch.manual_seed(1)
+    model = build_model(cfg).eval()
+    clip = random_clip(cfg, 2)
+    enc, _ = model.split(clip)
+    flow = model.motion.compute_flow(enc).half()  # as the cache stores it
+    with torch.no_grad():
+        a = model(clip, None, sample_posterior=False)
+        b = model(clip, flow, sample_posterior=False)
+    torch.testing.assert_close(a.mu, b.mu, atol=2e-3, rtol=1e-3)
+
+
+def test_gradient_reaches_every_motion_parameter() -> None:
+    cfg = tiny_motion(task="predict", num_input_frames=3, num_predict_frames=2, flow_stats_components=[
+        "mag_mean", "mag_std", "angle_mean", "angle_std"])
+    torch.manual_seed(2)
+    model = build_model(cfg).train()
+    clip = random_clip(cfg, 2)
+    enc, _ = model.split(clip)
+    flow = torch.randn(2, cfg.encoder_frames - 1, 2, cfg.data.image_h, cfg.data.image_w) * 2
+    out = model(clip, flow)
+    (recon_loss(out.recon, out.target) + kl_loss(out.mu, out.logvar, "mean")).backward()
+    params = dict(model.motion.named_parameters())
+    assert any(n.startswith("wubu_m.") for n in params) and "embed.weight" in params and "no_next" in params
+    for name, p in params.items():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_inspect_with_the_motion_branch_reports_no_dead_parameter() -> None:
+    out = io.StringIO()
+    assert run_inspect(tiny_motion(), batch=2, out=out) == 0
+    text = out.getvalue()
+    assert "motion on" in text and "model.motion.wubu_m" in text
+    assert "every trainable parameter received a finite, non-zero gradient" in text
+
+
+def test_frozen_raft_in_the_model(raft_file) -> None:
+    cfg = tiny_motion(optical_flow_net_type="raft_small", flow_weights=str(raft_file))
+    model = build_model(cfg)
+    model.train()
+    net = model.motion.flow.net
+    assert not net.training and all(not p.requires_grad for p in net.parameters())
+    state = torch.load(raft_file, weights_only=True)
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())  # the file's weights, never re-initialised
+    clip = random_clip(cfg, 1)
+    out = model(clip)  # flow computed on the fly, all pairs in one call
+    recon_loss(out.recon, out.target).backward()
+    assert all(p.grad is None for p in net.parameters())
+    assert all(p.grad is not None for p in model.motion.wubu_m.parameters())
+    sd = model.state_dict()
+    assert not any(".flow.net." in k for k in sd)  # checkpoints do not carry (or override) the flow net
+    build_model(cfg).load_state_dict(sd, strict=True)
+    assert not net.training
+
+
+def test_trainable_raft_gets_gradient(raft_file) -> None:
+    cfg = tiny_motion(optical_flow_net_type="raft_small", flow_weights=str(raft_file), freeze_flow_net=False)
+    model = build_model(cfg).train()
+    net = model.motion.flow.net
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    assert any(".flow.net." in k for k in model.state_dict())  # trained weights are the model's
+    out = model(random_clip(cfg, 1))
+    recon_loss(out.recon, out.target).backward()
+    assert sum(float(p.grad.abs().sum()) for p in net.parameters() if p.grad is not None) > 0
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"real footage not found at {SHARED}")
+def test_train_with_dis_motion_on_real_footage(tmp_path, capsys) -> None:
+    listing = tmp_path / "short.txt"
+    listing.write_text("".join(f"{SHARED / name}\n" for name in SHORT_VIDEOS))
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    args = ["train", "--preset", "tiny", "--use_wubu_motion_branch", "--optical_flow_net_type", "dis",
+            "--video_data_path", str(listing), "--max_steps", "4", "--checkpoint_dir", str(run), "--cache_dir",
+            str(cache), "--no-progress", "--log_interval", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "flow cache (dis): 3 sources computed" in out and "done: 4 steps" in out
+    assert len(list((cache / "flow").glob("*.npy"))) == 3
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["nonfinite_steps"] == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/loss_recon" in r["values"] for r in rows)
