@@ -98,3 +98,15 @@ def test_points_stay_well_inside_the_ball_for_layernorm_scale_inputs():
     assert frac < 0.95
     # and the round trip keeps magnitude information (not direction-only)
     assert torch.allclose(hb.logmap0(y, lv.curvature()), u, rtol=1e-3, atol=1e-5)
+
+
+def test_phi_initial_rotation_has_the_phi_scaled_plane_angles():
+    t = LevelTransform(4, 4, use_rotation=True, phi_rotation_init=True, level_idx=0)
+    r = t.rotation()
+    for j in range(2):
+        angle = (math.pi / 4) * 1.6180339887 ** (((0 + j) % 5) - 2) / 2
+        block = r[2 * j:2 * j + 2, 2 * j:2 * j + 2]
+        assert torch.allclose(block, torch.tensor([[math.cos(angle), math.sin(angle)],
+                                                   [-math.sin(angle), math.cos(angle)]]), atol=1e-5) or \
+            torch.allclose(block, torch.tensor([[math.cos(angle), -math.sin(angle)],
+                                                [math.sin(angle), math.cos(angle)]]), atol=1e-5)

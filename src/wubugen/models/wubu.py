@@ -13,8 +13,9 @@ them with `.item()`, so they never learned: SPEC D2). A level
   5. emits [log0(y), relative vector] for the stack's output and passes (log0(y), relative vector, descriptor) on.
 
 So curvature, scale, spread, descriptor and boundary points shape the output of every level, the last one included (D3).
-Inter-level transforms apply a real rotation (orthogonal by construction: the matrix exponential of a skew-symmetric
-matrix, optionally initialised with phi-scaled plane rotations) and a linear map (D4, D5).
+Inter-level transforms apply a real rotation (orthogonal by construction: the Cayley transform of a skew-symmetric
+matrix, optionally initialised with phi-scaled plane rotations) and a linear map (D4, D5). Cayley rather than the
+matrix exponential because torch's matrix_exp synchronises with the host on CUDA to pick its degree.
 
 `euclidean=True` is the ablation: every hyperbolic map becomes the identity (Mobius addition becomes +), sizes unchanged.
 """
@@ -141,13 +142,18 @@ class LevelTransform(nn.Module):
                 # plane rotations in the (2j, 2j+1) planes with phi-scaled angles (the original's phi rotation init,
                 # generalised from its 2-D/4-D special cases to any dimension)
                 for j in range(dim_in // 2):
-                    a[2 * j, 2 * j + 1] = (math.pi / 4) * PHI ** (((level_idx + j) % 5) - 2) / 2
+                    angle = (math.pi / 4) * PHI ** (((level_idx + j) % 5) - 2) / 2
+                    a[2 * j, 2 * j + 1] = math.tan(angle / 2)  # the Cayley map turns tan(angle/2) into that angle
             self.skew = nn.Parameter(a)
         self.map = nn.Linear(dim_in, dim_out)
 
     def rotation(self) -> Tensor:
+        """R = (I - K)^-1 (I + K) for the skew-symmetric K: orthogonal with det 1 for any K (I - K is always
+        invertible), without host syncs (solve_ex does not check for errors on the host)."""
         s = self.skew.float()
-        return torch.linalg.matrix_exp(s - s.T)
+        k = s - s.T
+        eye = torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
+        return torch.linalg.solve_ex(eye - k, eye + k).result
 
     def forward(self, t: Tensor, rel: Tensor, desc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.use_rotation:
