@@ -119,18 +119,23 @@ def test_crafted_pickle_checkpoint_is_refused(tmp_path, cache, capsys):
     assert "refusing to unpickle" in err and not marker.exists()
 
 
-def test_nonfinite_steps_are_skipped_counted_then_rolled_back(tmp_path, cache, monkeypatch, capsys):
+def inject_nan(monkeypatch, bad_call) -> None:
+    """Make the reconstruction loss NaN on the micro-steps (1-based calls) for which bad_call(n) is true."""
     import wubugen.train.step as step_mod
 
     calls = {"n": 0}
     real = step_mod.recon_loss
 
-    def sometimes_nan(recon, target):
+    def maybe_nan(recon, target):
         calls["n"] += 1
         loss = real(recon, target)
-        return loss * float("nan") if calls["n"] in (5, 6) or 9 <= calls["n"] <= 14 else loss
+        return loss * float("nan") if bad_call(calls["n"]) else loss
 
-    monkeypatch.setattr(step_mod, "recon_loss", sometimes_nan)
+    monkeypatch.setattr(step_mod, "recon_loss", maybe_nan)
+
+
+def test_nonfinite_steps_are_skipped_counted_then_rolled_back(tmp_path, cache, monkeypatch, capsys):
+    inject_nan(monkeypatch, lambda n: n in (5, 6) or 9 <= n <= 14)
     run = tmp_path / "run"
     assert main(tiny_args(run, cache, "--max_steps", "12", "--save_interval", "4", "--log_interval", "1",
                           "--max_consecutive_nonfinite", "4")) == 0
@@ -146,17 +151,7 @@ def test_nonfinite_steps_are_skipped_counted_then_rolled_back(tmp_path, cache, m
 
 
 def test_nonfinite_again_after_rollback_stops_with_message(tmp_path, cache, monkeypatch, capsys):
-    import wubugen.train.step as step_mod
-
-    calls = {"n": 0}
-    real = step_mod.recon_loss
-
-    def nan_after_four(recon, target):
-        calls["n"] += 1
-        loss = real(recon, target)
-        return loss * float("nan") if calls["n"] > 4 else loss
-
-    monkeypatch.setattr(step_mod, "recon_loss", nan_after_four)
+    inject_nan(monkeypatch, lambda n: n > 4)
     run = tmp_path / "run"
     rc = main(tiny_args(run, cache, "--max_steps", "40", "--save_interval", "4", "--log_interval", "2",
                         "--max_consecutive_nonfinite", "4"))

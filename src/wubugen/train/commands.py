@@ -9,8 +9,8 @@ import torch
 from wubugen.config import add_config_arguments, config_from_args
 
 
-def _cmd(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
+def run_training(cfg) -> dict:
+    """Set up the process (torchrun's environment or one process), train, tear down. -> the run's summary."""
     from wubugen.train.distributed import cleanup, init_distributed
     from wubugen.train.trainer import train
 
@@ -18,9 +18,13 @@ def _cmd(args: argparse.Namespace) -> int:
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, dist.world_size)))
     try:
-        train(cfg, dist, device)
+        return train(cfg, dist, device)
     finally:
         cleanup(dist)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    run_training(config_from_args(args))
     return 0
 
 

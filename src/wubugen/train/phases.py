@@ -55,8 +55,7 @@ def phase_options(plan: dict[str, Any], index: int, root: Path, overrides: dict[
 
 
 def run_plan(path: str, overrides: dict[str, Any], dry_run: bool = False) -> int:
-    from wubugen.train.distributed import cleanup, init_distributed
-    from wubugen.train.trainer import train
+    from wubugen.train.commands import run_training
 
     plan = load_plan(path)
     root = Path(overrides.pop("root", None) or plan.get("root", "runs/phases"))
@@ -75,11 +74,7 @@ def run_plan(path: str, overrides: dict[str, Any], dry_run: bool = False) -> int
         print(f"phase {ph['name']} ({i + 1}/{len(plan['phase'])}): {shown}", flush=True)
         if dry_run:
             continue
-        dist, device = init_distributed(cfg.train.device)
-        try:
-            train(cfg, dist, device)
-        finally:
-            cleanup(dist)
+        run_training(cfg)
     return 0
 
 
