@@ -241,7 +241,9 @@ def read_video(
             if not container.streams.video:
                 raise DecodeError(path, "no video stream")
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO" if frame_threads else "SLICE"
+            # Frame threads only for whole-file decodes: stopping early (max_frames) while frame threads still hold
+            # frames can deadlock FFmpeg's avcodec_free_context when the container closes (seen with PyAV 18).
+            stream.thread_type = "AUTO" if frame_threads and max_frames is None else "SLICE"
             cc = stream.codec_context
             props.codec = cc.name
             props.pix_fmt = cc.pix_fmt or ""
@@ -268,6 +270,7 @@ def read_video(
                 yield _convert_video_frame(frame, reformatter, fmt, props, frame_threads)
                 n += 1
                 if max_frames is not None and n >= max_frames:
+                    decoding.close()
                     return
             errors = _log_errors(logs)
             if errors:
