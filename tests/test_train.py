@@ -245,3 +245,11 @@ def test_sample_and_evaluate_commands(tmp_path, cache, capsys):
     assert "PSNR (dB)" in out and "LPIPS" in out
     result = json.loads((tmp_path / "ev.json").read_text())
     assert result["avg_val_psnr"] > 0 and result["avg_val_lpips"] is None
+
+
+@pytest.mark.slow
+def test_compiled_training_runs_and_saves_plain_weight_names(tmp_path, cache):
+    run = tmp_path / "run"
+    assert main(tiny_args(run, cache, "--max_steps", "2", "--compile")) == 0
+    keys = load_file(str(last_checkpoint(run) / "weights.safetensors")).keys()
+    assert not any("_orig_mod" in k for k in keys)

@@ -93,12 +93,19 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.model_ddp = DDP(self.model, device_ids=ids)
             self.disc_ddp = DDP(self.disc, device_ids=ids)
+        if t.compile:
+            # the training step's players go through torch.compile; checkpoints, validation and sampling use the
+            # plain modules (same parameters), so saved weights keep their names
+            self.model_ddp = torch.compile(self.model_ddp)
+            self.disc_ddp = torch.compile(self.disc_ddp)
         self.opt_g = build_optimizer(t.optimizer, [p for p in self.model.parameters() if p.requires_grad],
                                      t.learning_rate_gen, t)
         self.opt_d = build_optimizer(t.optimizer, list(self.disc.parameters()), t.learning_rate_disc, t)
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.runner = StepRunner(cfg, self.model, self.disc, self.model_ddp, self.disc_ddp, self.opt_g, self.opt_d,
                                  self.precision, device, self.ema)
+        if t.compile:
+            self.runner.disc = torch.compile(self.disc)  # the frozen-D pass of the generator's adversarial term
         self.q_gen = self.q_disc = self.q_lkl = None
         if t.q_controller_enabled:
             self.q_gen = LRMomentumController("gen", seed=t.seed + 1)
