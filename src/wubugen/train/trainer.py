@@ -8,6 +8,7 @@ Two ways to start from a checkpoint (SPEC D17/D18 fixed):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -206,20 +207,25 @@ class Trainer:
                             "use --load_checkpoint to start a new phase from its weights")
         self._load_weights(c, strict=True)
         ts = c.train_state
-        self.opt_g.load_state_dict(ts["opt_g"])
-        self.opt_d.load_state_dict(ts["opt_d"])
+        self._restore_progress(ts)
         self.runner.scaler_g.load_state_dict(ts["scaler_g"])
         self.runner.scaler_d.load_state_dict(ts["scaler_d"])
         for ctrl, key in ((self.q_gen, "q_gen"), (self.q_disc, "q_disc"), (self.q_lkl, "q_lkl")):
             if ctrl is not None and ts.get(key) is not None:
                 ctrl.load_state_dict(ts[key])
         s = self.state
-        s.step, s.epoch, s.batch_in_epoch = ts["step"], ts["epoch"], ts["batch_in_epoch"]
-        s.lambda_kl, s.best_metric, s.best_step = ts["lambda_kl"], ts["best_metric"], ts["best_step"]
+        s.best_metric, s.best_step = ts["best_metric"], ts["best_step"]
         s.rollbacks, s.lr_factor, s.nonfinite_total = ts["rollbacks"], ts["lr_factor"], ts["nonfinite_total"]
         s.last_val = dict(ts["last_val"])
         ckpt.restore_rng_state(ts["rng"])
         self.log(f"resumed {c.path} at step {s.step} (epoch {s.epoch + 1}, batch {s.batch_in_epoch})")
+
+    def _restore_progress(self, ts: dict[str, Any]) -> None:
+        """Optimizer states, data position and lambda_kl: what a resume and a rollback both bring back."""
+        self.opt_g.load_state_dict(ts["opt_g"])
+        self.opt_d.load_state_dict(ts["opt_d"])
+        s = self.state
+        s.step, s.epoch, s.batch_in_epoch, s.lambda_kl = ts["step"], ts["epoch"], ts["batch_in_epoch"], ts["lambda_kl"]
 
     def _load_phase(self, path: str) -> None:
         c = ckpt.load_checkpoint(ckpt.resolve_checkpoint(path, prefer="best"), map_location=self.device)
@@ -366,11 +372,7 @@ class Trainer:
         bad_step = s.step
         c = ckpt.load_checkpoint(ckpt.resolve_checkpoint(self.run_dir, prefer="last"), map_location=self.device)
         self._load_weights(c, strict=True)
-        ts = c.train_state
-        self.opt_g.load_state_dict(ts["opt_g"])
-        self.opt_d.load_state_dict(ts["opt_d"])
-        s.step, s.epoch, s.batch_in_epoch = ts["step"], ts["epoch"], ts["batch_in_epoch"]
-        s.lambda_kl = ts["lambda_kl"]
+        self._restore_progress(c.train_state)
         s.rollbacks += 1
         s.lr_factor *= 0.5
         s.nonfinite_total += int(self.runner.nonfinite_steps.item())
@@ -407,6 +409,14 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------------------
     # validation, samples
     # ------------------------------------------------------------------------------------------------------------------
+    def _eval_weights(self):
+        """The weights validation and sampling use: the EMA's when it is on."""
+        return self.ema.swapped_into(self.model) if self.ema is not None else contextlib.nullcontext()
+
+    def _rng_fork(self):
+        """Validation, samples and logging must not move the training RNG streams (exact resume depends on it)."""
+        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+
     @torch.no_grad()
     def validate(self) -> dict[str, float | None]:
         cfg = self.cfg
@@ -416,9 +426,8 @@ class Trainer:
         copy_last = VideoMetrics(self.device, None) if cfg.model.task == "predict" else None
         loader = make_loader(self.data.val, cfg, False, self.dist.rank, self.dist.world_size)
         model = self.model
-        ctx = self.ema.swapped_into(model) if self.ema is not None else _null()
         shown = None
-        with ctx:
+        with self._eval_weights():
             model.eval()
             for i, batch in enumerate(loader):
                 if cfg.train.val_max_batches and i >= cfg.train.val_max_batches:
@@ -439,14 +448,13 @@ class Trainer:
             base = copy_last.compute(all_reduce_sum(copy_last.sums(), self.dist))
             result.update({f"copy_last_{k}": v for k, v in base.items() if v is not None})
         if shown is not None and self.is_main and cfg.log.num_val_samples_to_log > 0:
-            pairs = torch.stack([shown[0], shown[1].float()], 1).flatten(0, 1)  # rows: real, recon, real, recon...
-            self.tracker.log_images("samples/val_reconstruction_samples", clip_grid(to_uint8(pairs).cpu()),
-                                    self.state.step, caption="rows: ground truth, reconstruction (from mu)")
+            self.tracker.log_images("samples/val_reconstruction_samples", _pairs_grid(*shown), self.state.step,
+                                    caption="rows: ground truth, reconstruction (from mu)")
         return result
 
     def _validate_and_checkpoint(self) -> None:
         t, s = self.cfg.train, self.state
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with self._rng_fork():
             metrics = self.validate()
         best = False
         if metrics:
@@ -465,8 +473,7 @@ class Trainer:
     def _sample_clips(self, num: int, noise: Tensor | None = None) -> Tensor | None:
         """uint8 (N, T, C, H, W): prior samples (reconstruct) or predictions of validation contexts (predict)."""
         model = self.model
-        ctx = self.ema.swapped_into(model) if self.ema is not None else _null()
-        with ctx, torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with self._eval_weights(), self._rng_fork():
             model.eval()
             with self.precision.autocast():
                 if self.cfg.model.task == "predict":
@@ -493,14 +500,13 @@ class Trainer:
         if not self.is_main:
             return
         n = self.cfg.log.num_val_samples_to_log
-        with torch.no_grad(), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with torch.no_grad(), self._rng_fork():
             self.model.eval()
             clip = self.runner.prepare(batch[:n])
             with self.precision.autocast():
                 out = self.model(clip, sample_posterior=False)
             self.model.train()
-        pairs = torch.stack([out.target.float(), out.recon.float()], 1).flatten(0, 1)
-        self.tracker.log_images("samples/train_recon", clip_grid(to_uint8(pairs).cpu()), self.state.step,
+        self.tracker.log_images("samples/train_recon", _pairs_grid(out.target, out.recon), self.state.step,
                                 caption="rows: ground truth, reconstruction")
 
     def _finish(self, elapsed: float) -> dict[str, Any]:
@@ -531,12 +537,10 @@ class _Rollback(Exception):
     """Raised inside the loop after a rollback; `train()` restarts the loop from the restored position."""
 
 
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
+def _pairs_grid(target: Tensor, recon: Tensor):
+    """A PNG-ready grid whose rows alternate ground truth and reconstruction. (N, T, C, H, W) each in [-1, 1]."""
+    pairs = torch.stack([target.float(), recon.float()], 1).flatten(0, 1)
+    return clip_grid(to_uint8(pairs).cpu())
 
 
 def _model_signature(cfg: Config) -> dict[str, Any]:
