@@ -10,7 +10,8 @@ usage:
   python benchmarks/bench_step.py --rows launcher-fp32,launcher-bf16 --json out.json
   python benchmarks/bench_step.py --preset launcher --set batch_size=16 --set precision=bf16
   torchrun --nproc_per_node=2 benchmarks/bench_step.py --rows launcher-bf16     (DDP; rank 0 reports)
-Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile]`.
+Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile][-eager][-nocl]`
+(`-eager`: no CUDA-graph capture of the step; `-nocl`: no channels-last frames).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from wubugen.models.discriminator import build_discriminator  # noqa: E402
 from wubugen.models.vaegan import build_model  # noqa: E402
 from wubugen.train.optim import apply_lr_momentum_scales, build_optimizer  # noqa: E402
 from wubugen.train.qcontrol import LRMomentumController  # noqa: E402
-from wubugen.train.step import LOSS_KEYS, StepRunner, resolve_precision  # noqa: E402
+from wubugen.train.step import LOSS_KEYS, StepRunner, compile_player, resolve_precision  # noqa: E402
 
 
 def parse_row(name: str) -> tuple[str, dict]:
@@ -55,6 +56,10 @@ def parse_row(name: str) -> tuple[str, dict]:
             over["_flow"] = "uncached"
         elif p == "compile":
             over["compile"] = True
+        elif p == "eager":  # no CUDA graph capture of the step (it is on by default for one GPU)
+            over["cuda_graphs"] = False
+        elif p == "nocl":  # frames stay in the default (contiguous) layout
+            over["channels_last"] = False
         elif p == "cwubu":  # compile only the WuBu stacks (the many small hyperbolic ops), convs stay eager
             over["_cwubu"] = True
         else:
@@ -102,14 +107,15 @@ def build(cfg, device, dist_on: bool):
         model_ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         disc_ddp = DDP(disc, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.train.compile:
-        model_ddp = torch.compile(model_ddp)
-        disc_ddp = torch.compile(disc_ddp)
+        model_ddp = compile_player(model_ddp)
+        disc_ddp = compile_player(disc_ddp)
     t = cfg.train
     opt_g = build_optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], t.learning_rate_gen, t)
     opt_d = build_optimizer(t.optimizer, list(disc.parameters()), t.learning_rate_disc, t)
     runner = StepRunner(cfg, model, disc, model_ddp, disc_ddp, opt_g, opt_d, resolve_precision(cfg, device), device)
+    runner.disc_plain = disc
     if cfg.train.compile:
-        runner.disc = torch.compile(disc)
+        runner.disc = compile_player(disc)
     return model, disc, runner, opt_g, opt_d
 
 
@@ -126,6 +132,25 @@ def make_inputs(cfg, device, n: int, flow_mode: str | None) -> list[tuple[torch.
     return out
 
 
+def step_flops(runner: StepRunner, inp: tuple, lam: float) -> int:
+    """FLOPs of one step's forward and backwards (torch.utils.flop_counter: matmuls and convolutions), counted on
+    the plain modules in eager mode: a replayed CUDA graph or compiled code dispatches nothing the counter can see."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    clip, flow = inp
+    saved = runner.model_ddp, runner.disc_ddp, runner.disc
+    runner.model_ddp, runner.disc_ddp, runner.disc = runner.model, runner.disc_plain, runner.disc_plain
+    try:
+        with FlopCounterMode(display=False) as fc:
+            runner._forward_backward(runner.prepare(clip), runner.prepare_flow(None if flow is None else flow.float()),
+                                     lam, True, 1, True)
+    finally:
+        runner.model_ddp, runner.disc_ddp, runner.disc = saved
+        for p in runner.g_params + runner.d_params:
+            p.grad = None
+    return fc.get_total_flops()
+
+
 def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, peak: float | None) -> dict:
     preset, over = parse_row(name)
     over.update(extra)
@@ -136,6 +161,9 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
     if flow_mode == "cached":
         over["freeze_flow_net"] = True
     cfg = build_config(preset, overrides=over)
+    if cfg.train.compile:
+        torch._dynamo.reset()  # each row compiles afresh (no dynamic-shape recompiles from an earlier row's sizes)
+    t_setup = time.perf_counter()
     torch.manual_seed(0)
     model, disc, runner, opt_g, opt_d = build(cfg, device, world > 1)
     if cwubu:
@@ -162,11 +190,17 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
         return losses
 
     cuda = device.type == "cuda"
+    # Peak memory counts from the step after cuDNN's autotuning (step 1) on: the capture of the CUDA graph (after
+    # StepRunner.GRAPH_WARMUP_STEPS eager steps) allocates everything its replays use, so it is inside the window.
+    reset_at = min(StepRunner.GRAPH_WARMUP_STEPS, args.warmup) - 1
     for i in range(args.warmup):
         step(i)
+        if cuda and i == reset_at:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
     if cuda:
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
+    setup_s = time.perf_counter() - t_setup
     times = []
     for i in range(args.steps):
         if cuda:
@@ -194,13 +228,7 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
         table = prof.key_averages().table(sort_by=key, row_limit=40)
         Path(args.profile).mkdir(parents=True, exist_ok=True)
         (Path(args.profile) / f"{name}.txt").write_text(table)
-    flops = None
-    if not cfg.train.compile:
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with FlopCounterMode(display=False) as fc:
-            step(0)
-        flops = fc.get_total_flops()
+    flops = step_flops(runner, inputs[0], lam)
     med = statistics.median(times)
     b = cfg.train.batch_size * world
     row = {
@@ -208,7 +236,8 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
         "world_size": world, "batch_per_gpu": cfg.train.batch_size, "frames": cfg.window_frames,
         "size": f"{cfg.data.image_h}x{cfg.data.image_w}", "s_per_step": med, "clips_per_s": b / med,
         "p10_s": sorted(times)[len(times) // 10], "p90_s": sorted(times)[(9 * len(times)) // 10],
-        "peak_mem_gib": peak_mem, "params_g": sum(p.numel() for p in model.parameters()),
+        "peak_mem_gib": peak_mem, "setup_s": setup_s, "cuda_graphs": runner.graphs_on,
+        "reserved_gib": torch.cuda.memory_reserved(device) / 2 ** 30 if cuda else float("nan"), "params_g": sum(p.numel() for p in model.parameters()),
         "params_d": sum(p.numel() for p in disc.parameters()),
         "tflop_per_step": flops / 1e12 if flops else None,
     }
@@ -258,10 +287,16 @@ def main() -> None:
             row = {"row": name, "error": "out of memory"}
             gc.collect()
             torch.cuda.empty_cache()
+        except Exception as err:  # noqa: BLE001 - one failing row must not lose the others
+            row = {"row": name, "error": f"{type(err).__name__}: {err}"[:400]}
         row["card"] = card
         row["torch"] = torch.__version__
         row["bf16_matmul_tflops"] = peak
         rows.append(row)
+        if "error" in row and device.type == "cuda" and row["error"] != "out of memory":
+            if rank == 0:
+                print(f"{name:<34} {row['error']}", flush=True)
+            break  # CUDA state may be unusable after a failed capture
         if rank == 0:
             if "error" in row:
                 print(f"{name:<34} {row['error']}", flush=True)
@@ -269,7 +304,8 @@ def main() -> None:
                 mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "-"
                 tf = f"{row['tflop_per_step']:.3f}" if row.get("tflop_per_step") else "-"
                 print(f"{name:<34} {row['s_per_step'] * 1000:8.2f} ms/step {row['clips_per_s']:9.1f} clips/s "
-                      f"{row['peak_mem_gib']:7.2f} GiB  {tf} TFLOP/step  MFU {mfu}", flush=True)
+                      f"{row['peak_mem_gib']:7.2f} GiB  {tf} TFLOP/step  MFU {mfu}  set-up {row['setup_s']:.0f} s"
+                      f"{'  graphs' if row['cuda_graphs'] else ''}", flush=True)
     if rank == 0:
         print(f"card: {card}; torch {torch.__version__}; bf16 matmul {peak and round(peak)} TFLOP/s; world {world}")
         if args.json:

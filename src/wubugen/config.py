@@ -139,6 +139,9 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     use_amp: bool = False  # the original's flag: fp16 autocast with a GradScaler (same as --precision fp16)
     compile: bool = False
+    # capture the step's forward+backward in a CUDA graph after 3 eager steps (one CUDA process, no accumulation;
+    # elsewhere the step runs eagerly): the host then launches one graph instead of thousands of small kernels
+    cuda_graphs: bool = True
     channels_last: bool = True
     grad_accum_steps: int = 1
     # losses

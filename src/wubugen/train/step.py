@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from wubugen.config import Config
 from wubugen.data import to_model_range
+from wubugen.errors import UserError
 from wubugen.train.losses import d_loss, g_adv_loss, kl_loss, recon_loss
 from wubugen.train.optim import clip_grad_norm_
 
@@ -37,10 +38,11 @@ class Precision:
     def scaled(self) -> bool:
         return self.dtype == torch.float16
 
-    def autocast(self):
+    def autocast(self, cache: bool = True):
+        """cache=False inside CUDA-graph capture: autocast's weight-cast cache would outlive the captured pool."""
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=cache)
 
 
 def resolve_precision(cfg: Config, device: torch.device) -> Precision:
@@ -100,8 +102,45 @@ class EMA:
                     p.copy_(b)
 
 
+@dataclass
+class _Captured:
+    """One captured forward+backward: static input buffers, the static loss output and the gradients it writes."""
+
+    graph: torch.cuda.CUDAGraph
+    batch: Tensor
+    flow: Tensor | None
+    losses: Tensor
+    grads: list[tuple[nn.Parameter, Tensor]]
+
+
+def compile_player(module: nn.Module) -> nn.Module:
+    """torch.compile for the training step's players. Inductor draws random numbers with torch's own ops
+    (fallback_random), so a compiled run samples the same posterior noise and dropout masks as an eager one, and the
+    CUDA-graph capture sees ordinary RNG ops."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fallback_random = True
+    return torch.compile(module)
+
+
+def use_cuda_graphs(cfg: Config, device: torch.device, world_size: int) -> bool:
+    """`--cuda_graphs`: on for one CUDA process without gradient accumulation (what capture supports here)."""
+    if not cfg.train.cuda_graphs or device.type != "cuda":
+        return False
+    return world_size == 1 and cfg.train.grad_accum_steps == 1
+
+
 class StepRunner:
-    """Holds the two players and their optimizers; `run` performs one optimizer step over k micro-batches."""
+    """Holds the two players and their optimizers; `run` performs one optimizer step over k micro-batches.
+
+    With CUDA graphs on, the forward and both backwards of a step (everything up to the gradients) are captured once
+    after `GRAPH_WARMUP_STEPS` eager steps and replayed afterwards: the host launches one graph instead of thousands of
+    small kernels (the WuBu stacks are many small ops). Parameters, optimizer state, lambda_kl and the learning rates
+    live in device memory or outside the graph, so Q-control and checkpoint restores act on replayed steps as on eager
+    ones. One graph per (adversarial term on/off, input shapes); they share one memory pool.
+    """
+
+    GRAPH_WARMUP_STEPS = 3
 
     def __init__(self, cfg: Config, model: nn.Module, disc: nn.Module, model_ddp: nn.Module, disc_ddp: nn.Module,
                  opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, precision: Precision,
@@ -122,6 +161,13 @@ class StepRunner:
         # device-side counters, read by the trainer at its health interval
         self.nonfinite_steps = torch.zeros((), dtype=torch.int64, device=device)
         self.consecutive_nonfinite = torch.zeros((), dtype=torch.int64, device=device)
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        self.graphs_on = use_cuda_graphs(cfg, device, world)
+        self._graphs: dict[tuple, _Captured] = {}
+        self._graph_pool = None
+        self._side_stream = torch.cuda.Stream(device) if self.graphs_on else None
+        self._eager_steps = 0
+        self._lambda_kl = torch.zeros((), device=device)  # read by captured graphs; filled before each replay
 
     def prepare(self, batch: Tensor) -> Tensor:
         """uint8 (B, T, C, H, W) on the host -> float [-1, 1] on the device (normalisation on the device)."""
@@ -140,35 +186,98 @@ class StepRunner:
             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One optimizer step. -> (mean losses (7,) in LOSS_KEYS order, skipped flag, G grad norm, D grad norm),
         all device tensors (nothing is read on the host here)."""
-        t = self.cfg.train
         k = len(batches)
         flows = flows or [None] * k
-        sums = torch.zeros(len(LOSS_KEYS), device=self.device)
-        for i, (batch, flow) in enumerate(zip(batches, flows)):
-            last = i == k - 1
-            clip = self.prepare(batch)
-            with _no_sync(self.model_ddp, last), _no_sync(self.disc_ddp, last):
-                with self.precision.autocast():
-                    out = self.model_ddp(clip, self.prepare_flow(flow))
-                    logits = self.disc_ddp(torch.cat([out.target, out.recon.detach()], 0))
-                real_logits, fake_logits = logits.chunk(2, 0)
-                loss_d, loss_d_real, loss_d_fake = d_loss(real_logits, fake_logits, t.gan_loss)
-                self.scaler_d.scale(loss_d / k).backward()
+        if self.graphs_on and k == 1:
+            sums = self._graphed(batches[0], flows[0], lambda_kl, adv_on)
+        else:
+            sums = torch.zeros(len(LOSS_KEYS), device=self.device)
+            for i, (batch, flow) in enumerate(zip(batches, flows)):
+                sums += self._forward_backward(self.prepare(batch), self.prepare_flow(flow), lambda_kl, adv_on, k,
+                                               i == k - 1)
+            sums /= k
+        return (sums, *self._apply(sums))
 
-                loss_recon = recon_loss(out.recon, out.target)
-                loss_kl = kl_loss(out.mu, out.logvar, self.cfg.model.kl_reduction)
-                loss_g = t.lambda_recon * loss_recon + lambda_kl * loss_kl
-                _set_requires_grad(self.d_params, False)
-                with self.precision.autocast():
+    def _forward_backward(self, clip: Tensor, flow: Tensor | None, lambda_kl: float | Tensor, adv_on: bool, k: int,
+                          last: bool, cache: bool = True) -> Tensor:
+        """Forward both players on one micro-batch and accumulate both players' gradients. -> losses (7,), detached."""
+        t = self.cfg.train
+        with _no_sync(self.model_ddp, last), _no_sync(self.disc_ddp, last):
+            with self.precision.autocast(cache):
+                out = self.model_ddp(clip, flow)
+                logits = self.disc_ddp(torch.cat([out.target, out.recon.detach()], 0))
+            real_logits, fake_logits = logits.chunk(2, 0)
+            loss_d, loss_d_real, loss_d_fake = d_loss(real_logits, fake_logits, t.gan_loss)
+            self.scaler_d.scale(loss_d / k).backward()
+
+            loss_recon = recon_loss(out.recon, out.target)
+            loss_kl = kl_loss(out.mu, out.logvar, self.cfg.model.kl_reduction)
+            loss_g = t.lambda_recon * loss_recon + lambda_kl * loss_kl
+            _set_requires_grad(self.d_params, False)
+            try:
+                with self.precision.autocast(cache):
                     adv_logits = self.disc(out.recon)
                 loss_adv = g_adv_loss(adv_logits, t.gan_loss)
                 if adv_on:
                     loss_g = loss_g + t.lambda_gan * loss_adv
                 self.scaler_g.scale(loss_g / k).backward()
+            finally:
                 _set_requires_grad(self.d_params, True)
-            sums += torch.stack([loss_recon, loss_kl, loss_adv, loss_g, loss_d, loss_d_real, loss_d_fake]).detach()
-        sums /= k
-        return (sums, *self._apply(sums))
+        return torch.stack([loss_recon, loss_kl, loss_adv, loss_g, loss_d, loss_d_real, loss_d_fake]).detach()
+
+    # ---- CUDA graphs ----
+    def _graphed(self, batch: Tensor, flow: Tensor | None, lambda_kl: float, adv_on: bool) -> Tensor:
+        key = (adv_on, tuple(batch.shape), batch.dtype, None if flow is None else (tuple(flow.shape), flow.dtype))
+        cap = self._graphs.get(key)
+        if cap is None:
+            if self._eager_steps < self.GRAPH_WARMUP_STEPS:
+                # real training steps, run eagerly on a side stream (cuDNN autotuning, lazy cuBLAS/compile set-up):
+                # capture needs a warmed-up side stream, and these steps are not wasted
+                self._eager_steps += 1
+                side = self._side_stream
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    # autocast's cast cache off as in the capture: compiled players see the same autocast state
+                    sums = self._forward_backward(self.prepare(batch), self.prepare_flow(flow), lambda_kl, adv_on, 1,
+                                                  True, cache=False)
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                return sums
+            try:
+                cap = self._capture(key, batch, flow, adv_on)
+            except Exception as err:
+                # a failed capture can leave CUDA's RNG in capture mode, so the step cannot go on eagerly in-process
+                first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+                raise UserError(f"CUDA graph capture of the training step failed ({type(err).__name__}: {first}); "
+                                "rerun with --cuda_graphs false (the same model, slower steps)") from err
+            self._graphs[key] = cap
+        cap.batch.copy_(batch, non_blocking=True)
+        if cap.flow is not None:
+            cap.flow.copy_(flow, non_blocking=True)
+        self._lambda_kl.fill_(lambda_kl)
+        cap.graph.replay()
+        for p, g in cap.grads:
+            p.grad = g
+        return cap.losses.clone()  # the static output is overwritten by the next replay
+
+    def _capture(self, key: tuple, batch: Tensor, flow: Tensor | None, adv_on: bool) -> _Captured:
+        for p in self.g_params + self.d_params:
+            p.grad = None  # gradients are allocated inside the graph's pool: written, not accumulated, on replay
+        static_batch = torch.empty(batch.shape, dtype=batch.dtype, device=self.device)
+        static_batch.copy_(batch)
+        static_flow = None
+        if flow is not None:
+            static_flow = torch.empty(flow.shape, dtype=flow.dtype, device=self.device)
+            static_flow.copy_(flow)
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()  # hand the eager steps' cached blocks back, so the graph's pool can use that memory
+        with torch.cuda.graph(graph, pool=self._graph_pool):
+            losses = self._forward_backward(self.prepare(static_batch), self.prepare_flow(static_flow),
+                                            self._lambda_kl, adv_on, 1, True, cache=False)
+        grads = [(p, p.grad) for p in self.g_params + self.d_params if p.grad is not None]
+        return _Captured(graph, static_batch, static_flow, losses, grads)
 
     def _apply(self, losses: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         t = self.cfg.train

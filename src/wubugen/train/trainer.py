@@ -36,7 +36,7 @@ from wubugen.train import checkpoint as ckpt
 from wubugen.train.distributed import DistInfo, all_reduce_sum, barrier
 from wubugen.train.optim import apply_lr_momentum_scales, build_optimizer
 from wubugen.train.qcontrol import LambdaKLController, LRMomentumController
-from wubugen.train.step import EMA, LOSS_KEYS, StepRunner, resolve_precision
+from wubugen.train.step import EMA, LOSS_KEYS, StepRunner, compile_player, resolve_precision
 
 HIGHER_IS_BETTER = {"avg_val_psnr": True, "avg_val_ssim": True, "avg_val_recon_mse": False, "avg_val_lpips": False}
 
@@ -80,6 +80,8 @@ class Trainer:
         self.log = print if self.is_main else (lambda *a, **k: None)
         if t.detect_anomaly:
             torch.autograd.set_detect_anomaly(True)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed clip shapes: cuDNN picks its fastest kernels once
         self.precision = resolve_precision(cfg, device)
         if t.precision == "fp16" and device.type != "cuda":
             self.log("note: fp16 autocast needs CUDA; training in fp32 on the CPU")
@@ -97,8 +99,8 @@ class Trainer:
         if t.compile:
             # the training step's players go through torch.compile; checkpoints, validation and sampling use the
             # plain modules (same parameters), so saved weights keep their names
-            self.model_ddp = torch.compile(self.model_ddp)
-            self.disc_ddp = torch.compile(self.disc_ddp)
+            self.model_ddp = compile_player(self.model_ddp)
+            self.disc_ddp = compile_player(self.disc_ddp)
         self.opt_g = build_optimizer(t.optimizer, [p for p in self.model.parameters() if p.requires_grad],
                                      t.learning_rate_gen, t)
         self.opt_d = build_optimizer(t.optimizer, list(self.disc.parameters()), t.learning_rate_disc, t)
@@ -106,7 +108,7 @@ class Trainer:
         self.runner = StepRunner(cfg, self.model, self.disc, self.model_ddp, self.disc_ddp, self.opt_g, self.opt_d,
                                  self.precision, device, self.ema)
         if t.compile:
-            self.runner.disc = torch.compile(self.disc)  # the frozen-D pass of the generator's adversarial term
+            self.runner.disc = compile_player(self.disc)  # the frozen-D pass of the generator's adversarial term
         self.q_gen = self.q_disc = self.q_lkl = None
         if t.q_controller_enabled:
             self.q_gen = LRMomentumController("gen", seed=t.seed + 1)

@@ -1,0 +1,119 @@
+"""The CUDA-graph path of the training step against the eager step (needs a GPU: pytest -m gpu)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wubugen.config import build_config
+from wubugen.models.discriminator import build_discriminator
+from wubugen.models.vaegan import build_model
+from wubugen.train.optim import apply_lr_momentum_scales, build_optimizer
+from wubugen.train.step import LOSS_KEYS, StepRunner, compile_player, resolve_precision
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def make_runner(graphs: bool, optimizer: str = "riemannian_adam", **over) -> StepRunner:
+    # dropout off and fp32: eager and replayed steps then run the same kernels on the same numbers
+    cfg = build_config("tiny", overrides={"cuda_graphs": graphs, "precision": "fp32", "wubu_dropout": 0.0,
+                                          "optimizer": optimizer, **over})
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    disc = build_discriminator(cfg).to(device)
+    t = cfg.train
+    opt_g = build_optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], t.learning_rate_gen, t)
+    opt_d = build_optimizer(t.optimizer, list(disc.parameters()), t.learning_rate_disc, t)
+    return StepRunner(cfg, model, disc, model, disc, opt_g, opt_d, resolve_precision(cfg, device), device)
+
+
+def clips(runner: StepRunner, n: int) -> list[torch.Tensor]:
+    cfg = runner.cfg
+    g = torch.Generator().manual_seed(1)
+    shape = (cfg.train.batch_size, cfg.window_frames, cfg.data.num_channels, cfg.data.image_h, cfg.data.image_w)
+    return [torch.randint(0, 256, shape, generator=g, dtype=torch.uint8) for _ in range(n)]
+
+
+def weights(runner: StepRunner) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in list(runner.model.parameters()) + list(runner.disc.parameters())]
+
+
+@pytest.fixture(autouse=True)
+def deterministic():
+    old = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old
+
+
+def run_sequence(graphs: bool, optimizer: str) -> tuple[list[torch.Tensor], list[torch.Tensor], StepRunner]:
+    """8 steps with hyper-parameters changing between steps as Q-control and the lambda_kl controller change them;
+    the adversarial term comes on at step 4. Seeded alike: the posterior samples draw the same noise."""
+    r = make_runner(graphs, optimizer)
+    data = clips(r, 8)
+    torch.cuda.manual_seed(123)
+    losses = []
+    for i, batch in enumerate(data):
+        if i == 5:
+            apply_lr_momentum_scales(r.opt_g, 0.5, 0.9)
+            apply_lr_momentum_scales(r.opt_d, 2.0, 1.1)
+        out, *_ = r.run([batch], 1e-4 * (1 + i), i >= 4)
+        losses.append(out)
+    return losses, weights(r), r
+
+
+@pytest.mark.parametrize("optimizer", ["riemannian_adam", "riemannian_sgd"])
+def test_replayed_steps_match_eager_steps(optimizer):
+    losses_e, weights_e, eager = run_sequence(False, optimizer)
+    losses_g, weights_g, graphed = run_sequence(True, optimizer)
+    assert graphed.graphs_on and not eager.graphs_on
+    # steps 0-2 eager (warm-up), step 3 replays the graph without the adversarial term, steps 4-7 the one with it
+    assert len(graphed._graphs) == 2
+    for a, b in zip(losses_e, losses_g):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    for a, b in zip(weights_e, weights_g):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_nonfinite_replayed_step_is_skipped_and_counted():
+    r = make_runner(True)
+    data = clips(r, 6)
+    for batch in data[:5]:
+        r.run([batch], 1e-4, True)
+    assert r._graphs, "captured after the warm-up steps"
+    before = weights(r)
+    losses, skip, _, _ = r.run([data[5]], float("nan"), True)  # lambda_kl NaN reaches the graph: non-finite G loss
+    assert bool(skip) and int(r.nonfinite_steps) == 1
+    assert not torch.isfinite(losses[LOSS_KEYS.index("loss_g_total")])
+    for a, b in zip(before, weights(r)):
+        assert torch.equal(a, b)
+    r.run([data[0]], 1e-4, True)
+    assert int(r.consecutive_nonfinite) == 0
+
+
+def test_returned_losses_are_not_overwritten_by_the_next_replay():
+    r = make_runner(True)
+    data = clips(r, 7)
+    for batch in data[:5]:
+        r.run([batch], 1e-4, True)
+    first, *_ = r.run([data[5]], 1e-4, True)
+    kept = first.clone()
+    r.run([data[6]], 1e-4, True)
+    assert torch.equal(first, kept)
+
+
+def test_compiled_players_are_captured_and_train():
+    eager = make_runner(False)
+    compiled = make_runner(True, compile=True)
+    compiled.model_ddp = compile_player(compiled.model)
+    compiled.disc_ddp = compile_player(compiled.disc)
+    compiled.disc = compile_player(compiled.disc)
+    data = clips(eager, 6)
+    out = {}
+    for name, r in (("eager", eager), ("compiled", compiled)):
+        torch.cuda.manual_seed(5)
+        out[name] = torch.stack([r.run([b], 1e-4, True)[0] for b in data])
+    assert compiled._graphs, "compiled players are captured like eager ones"
+    assert torch.isfinite(out["compiled"]).all()
+    # inductor reorders float arithmetic: close, not equal
+    torch.testing.assert_close(out["compiled"], out["eager"], rtol=2e-2, atol=2e-3)
