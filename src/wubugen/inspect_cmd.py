@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from wubugen.config import Config, add_config_arguments, config_from_args
 from wubugen.models.discriminator import build_discriminator
 from wubugen.models.vaegan import WuBuGAADHybridGen, build_model
-from wubugen.train.losses import d_loss, g_adv_loss, kl_loss, recon_loss
+from wubugen.train.step import LOSS_KEYS, players_forward_backward
 
 
 @dataclass
@@ -37,27 +37,11 @@ def training_step_grads(model: WuBuGAADHybridGen, disc: nn.Module, clip: Tensor,
                         flow: Tensor | None = None) -> StepReport:
     """One generator forward reused for both players; D on [real; fake.detach()] in one forward; G through a frozen D.
     Leaves gradients in .grad of both networks."""
-    t = cfg.train
-    out = model(clip, flow)
-    logits = disc(torch.cat([out.target, out.recon.detach()], 0))
-    real_logits, fake_logits = logits.chunk(2, 0)
-    loss_d, loss_d_real, loss_d_fake = d_loss(real_logits, fake_logits, t.gan_loss)
-    loss_d.backward()
-    for p in disc.parameters():
-        p.requires_grad_(False)
-    adv_logits = disc(out.recon)
-    for p in disc.parameters():
-        p.requires_grad_(True)
-    loss_recon = recon_loss(out.recon, out.target)
-    loss_kl = kl_loss(out.mu, out.logvar, cfg.model.kl_reduction)
-    loss_adv = g_adv_loss(adv_logits, t.gan_loss)
-    loss_g = t.lambda_recon * loss_recon + t.lambda_kl * loss_kl + t.lambda_gan * loss_adv
-    loss_g.backward()
+    values, out, adv_logits = players_forward_backward(model, disc, disc, list(disc.parameters()), clip, flow, cfg,
+                                                       cfg.train.lambda_kl, True)
     shapes = {"input": tuple(clip.shape), "target": tuple(out.target.shape), "recon": tuple(out.recon.shape),
               "mu": tuple(out.mu.shape), "d_logits": tuple(adv_logits.shape)}
-    losses = {k: float(v.detach()) for k, v in dict(loss_recon=loss_recon, loss_kl=loss_kl, loss_g_adv=loss_adv,
-                                           loss_g_total=loss_g, loss_d_total=loss_d, loss_d_real=loss_d_real,
-                                           loss_d_fake=loss_d_fake).items()}
+    losses = dict(zip(LOSS_KEYS, values.tolist()))
     return StepReport(shapes, losses, 0)
 
 

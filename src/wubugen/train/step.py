@@ -113,6 +113,40 @@ class _Captured:
     grads: list[tuple[nn.Parameter, Tensor]]
 
 
+def players_forward_backward(model: nn.Module, disc: nn.Module, frozen_disc: nn.Module, d_params: list[nn.Parameter],
+                             clip: Tensor, flow: Tensor | None, cfg: Config, lambda_kl: float | Tensor, adv_on: bool, *,
+                             autocast=contextlib.nullcontext, scale_d=lambda x: x, scale_g=lambda x: x, k: int = 1
+                             ) -> tuple[Tensor, object, Tensor]:
+    """The step's losses and both backwards for one micro-batch (the trainer's step and `wubugen inspect` share it).
+
+    One generator forward; D on [real; fake.detach()] in one forward; G's adversarial term through `frozen_disc` (D's
+    parameters `d_params` get no gradient from it). Losses are divided by k (gradient accumulation) before backward.
+    -> (losses (7,) detached in LOSS_KEYS order, the model output, the frozen-D logits)."""
+    t = cfg.train
+    with autocast():
+        out = model(clip, flow)
+        logits = disc(torch.cat([out.target, out.recon.detach()], 0))
+    real_logits, fake_logits = logits.chunk(2, 0)
+    loss_d, loss_d_real, loss_d_fake = d_loss(real_logits, fake_logits, t.gan_loss)
+    scale_d(loss_d / k).backward()
+
+    loss_recon = recon_loss(out.recon, out.target)
+    loss_kl = kl_loss(out.mu, out.logvar, cfg.model.kl_reduction)
+    loss_g = t.lambda_recon * loss_recon + lambda_kl * loss_kl
+    _set_requires_grad(d_params, False)
+    try:
+        with autocast():
+            adv_logits = frozen_disc(out.recon)
+        loss_adv = g_adv_loss(adv_logits, t.gan_loss)
+        if adv_on:
+            loss_g = loss_g + t.lambda_gan * loss_adv
+        scale_g(loss_g / k).backward()
+    finally:
+        _set_requires_grad(d_params, True)
+    losses = torch.stack([loss_recon, loss_kl, loss_adv, loss_g, loss_d, loss_d_real, loss_d_fake]).detach()
+    return losses, out, adv_logits
+
+
 def compile_player(module: nn.Module) -> nn.Module:
     """torch.compile for the training step's players. Inductor draws random numbers with torch's own ops
     (fallback_random), so a compiled run samples the same posterior noise and dropout masks as an eager one, and the
@@ -201,29 +235,12 @@ class StepRunner:
     def _forward_backward(self, clip: Tensor, flow: Tensor | None, lambda_kl: float | Tensor, adv_on: bool, k: int,
                           last: bool, cache: bool = True) -> Tensor:
         """Forward both players on one micro-batch and accumulate both players' gradients. -> losses (7,), detached."""
-        t = self.cfg.train
         with _no_sync(self.model_ddp, last), _no_sync(self.disc_ddp, last):
-            with self.precision.autocast(cache):
-                out = self.model_ddp(clip, flow)
-                logits = self.disc_ddp(torch.cat([out.target, out.recon.detach()], 0))
-            real_logits, fake_logits = logits.chunk(2, 0)
-            loss_d, loss_d_real, loss_d_fake = d_loss(real_logits, fake_logits, t.gan_loss)
-            self.scaler_d.scale(loss_d / k).backward()
-
-            loss_recon = recon_loss(out.recon, out.target)
-            loss_kl = kl_loss(out.mu, out.logvar, self.cfg.model.kl_reduction)
-            loss_g = t.lambda_recon * loss_recon + lambda_kl * loss_kl
-            _set_requires_grad(self.d_params, False)
-            try:
-                with self.precision.autocast(cache):
-                    adv_logits = self.disc(out.recon)
-                loss_adv = g_adv_loss(adv_logits, t.gan_loss)
-                if adv_on:
-                    loss_g = loss_g + t.lambda_gan * loss_adv
-                self.scaler_g.scale(loss_g / k).backward()
-            finally:
-                _set_requires_grad(self.d_params, True)
-        return torch.stack([loss_recon, loss_kl, loss_adv, loss_g, loss_d, loss_d_real, loss_d_fake]).detach()
+            losses, _, _ = players_forward_backward(
+                self.model_ddp, self.disc_ddp, self.disc, self.d_params, clip, flow, self.cfg, lambda_kl, adv_on,
+                autocast=lambda: self.precision.autocast(cache), scale_d=self.scaler_d.scale,
+                scale_g=self.scaler_g.scale, k=k)
+        return losses
 
     # ---- CUDA graphs ----
     def _graphed(self, batch: Tensor, flow: Tensor | None, lambda_kl: float, adv_on: bool) -> Tensor:
