@@ -10,8 +10,8 @@ usage:
   python benchmarks/bench_step.py --rows launcher-fp32,launcher-bf16 --json out.json
   python benchmarks/bench_step.py --preset launcher --set batch_size=16 --set precision=bf16
   torchrun --nproc_per_node=2 benchmarks/bench_step.py --rows launcher-bf16     (DDP; rank 0 reports)
-Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile][-eager][-nocl]`
-(`-eager`: no CUDA-graph capture of the step; `-nocl`: no channels-last frames).
+Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile][-eager][-nocl][-ckpt]`
+(`-eager`: no CUDA-graph capture of the step; `-nocl`: no channels-last frames; `-ckpt`: activation checkpointing).
 """
 from __future__ import annotations
 
@@ -58,6 +58,8 @@ def parse_row(name: str) -> tuple[str, dict]:
             over["compile"] = True
         elif p == "eager":  # no CUDA graph capture of the step (it is on by default for one GPU)
             over["cuda_graphs"] = False
+        elif p == "ckpt":  # activation checkpointing of the full-resolution stages
+            over["activation_checkpointing"] = True
         elif p == "nocl":  # frames stay in the default (contiguous) layout
             over["channels_last"] = False
         elif p == "cwubu":  # compile only the WuBu stacks (the many small hyperbolic ops), convs stay eager
@@ -132,12 +134,16 @@ def make_inputs(cfg, device, n: int, flow_mode: str | None) -> list[tuple[torch.
     return out
 
 
-def step_flops(runner: StepRunner, inp: tuple, lam: float) -> int:
+def step_flops(runner: StepRunner, inp: tuple, lam: float, recompute: bool = False) -> int:
     """FLOPs of one step's forward and backwards (torch.utils.flop_counter: matmuls and convolutions), counted on
-    the plain modules in eager mode: a replayed CUDA graph or compiled code dispatches nothing the counter can see."""
+    the plain modules in eager mode: a replayed CUDA graph or compiled code dispatches nothing the counter can see.
+    Model FLOPs: activation checkpointing's recomputation is not counted (recompute=True counts it: hardware FLOPs)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     clip, flow = inp
+    ckpt = [m for m in runner.model.modules() if getattr(m, "checkpointing", False)]
+    for m in ckpt:
+        m.checkpointing = recompute
     saved = runner.model_ddp, runner.disc_ddp, runner.disc
     runner.model_ddp, runner.disc_ddp, runner.disc = runner.model, runner.disc_plain, runner.disc_plain
     try:
@@ -146,6 +152,8 @@ def step_flops(runner: StepRunner, inp: tuple, lam: float) -> int:
                                      lam, True, 1, True)
     finally:
         runner.model_ddp, runner.disc_ddp, runner.disc = saved
+        for m in ckpt:
+            m.checkpointing = True
         for p in runner.g_params + runner.d_params:
             p.grad = None
     return fc.get_total_flops()
@@ -229,6 +237,7 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
         Path(args.profile).mkdir(parents=True, exist_ok=True)
         (Path(args.profile) / f"{name}.txt").write_text(table)
     flops = step_flops(runner, inputs[0], lam)
+    hw_flops = step_flops(runner, inputs[0], lam, recompute=True) if cfg.train.activation_checkpointing else flops
     med = statistics.median(times)
     b = cfg.train.batch_size * world
     row = {
@@ -240,6 +249,7 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
         "reserved_gib": torch.cuda.memory_reserved(device) / 2 ** 30 if cuda else float("nan"), "params_g": sum(p.numel() for p in model.parameters()),
         "params_d": sum(p.numel() for p in disc.parameters()),
         "tflop_per_step": flops / 1e12 if flops else None,
+        "hw_tflop_per_step": hw_flops / 1e12 if hw_flops else None,
     }
     if flops and peak:
         row["achieved_tflops"] = flops / med / 1e12  # per GPU

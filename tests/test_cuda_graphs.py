@@ -46,10 +46,10 @@ def deterministic():
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old
 
 
-def run_sequence(graphs: bool, optimizer: str) -> tuple[list[torch.Tensor], list[torch.Tensor], StepRunner]:
+def run_sequence(graphs: bool, optimizer: str, **over) -> tuple[list[torch.Tensor], list[torch.Tensor], StepRunner]:
     """8 steps with hyper-parameters changing between steps as Q-control and the lambda_kl controller change them;
     the adversarial term comes on at step 4. Seeded alike: the posterior samples draw the same noise."""
-    r = make_runner(graphs, optimizer)
+    r = make_runner(graphs, optimizer, **over)
     data = clips(r, 8)
     torch.cuda.manual_seed(123)
     losses = []
@@ -62,10 +62,11 @@ def run_sequence(graphs: bool, optimizer: str) -> tuple[list[torch.Tensor], list
     return losses, weights(r), r
 
 
-@pytest.mark.parametrize("optimizer", ["riemannian_adam", "riemannian_sgd"])
-def test_replayed_steps_match_eager_steps(optimizer):
+@pytest.mark.parametrize("optimizer,over", [("riemannian_adam", {}), ("riemannian_sgd", {}),
+                                           ("riemannian_adam", {"activation_checkpointing": True})])
+def test_replayed_steps_match_eager_steps(optimizer, over):
     losses_e, weights_e, eager = run_sequence(False, optimizer)
-    losses_g, weights_g, graphed = run_sequence(True, optimizer)
+    losses_g, weights_g, graphed = run_sequence(True, optimizer, **over)
     assert graphed.graphs_on and not eager.graphs_on
     # steps 0-2 eager (warm-up), step 3 replays the graph without the adversarial term, steps 4-7 the one with it
     assert len(graphed._graphs) == 2

@@ -165,3 +165,33 @@ def test_launcher_sizes_follow_the_original():
     # no 32-wide bottleneck: the combiner's hidden width follows the level's
     assert enc.wubu_t.levels[0].combiner[0].out_features == 256
     assert isinstance(enc.wubu_s, WuBuStack)
+
+
+def _grads_and_saved_bytes(overrides: dict) -> tuple[dict[str, torch.Tensor], int]:
+    cfg = build_config("tiny", overrides=overrides)
+    torch.manual_seed(0)
+    model, disc = build_model(cfg), build_discriminator(cfg)
+    clip = random_clip(cfg, 2, torch.Generator().manual_seed(3))
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        return t
+
+    torch.manual_seed(1)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        training_step_grads(model, disc, clip, cfg)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return grads, sum(seen.values())
+
+
+@pytest.mark.parametrize("overrides", [{}, {"task": "predict"}, {"latent_type": "global"}])
+def test_activation_checkpointing_changes_memory_not_gradients(overrides):
+    base = {"image_h": 48, "image_w": 40, **overrides}
+    plain, plain_bytes = _grads_and_saved_bytes(base)
+    ckpt, ckpt_bytes = _grads_and_saved_bytes({**base, "activation_checkpointing": True})
+    assert plain.keys() == ckpt.keys()
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-6, atol=1e-7, msg=name)
+    # the full-resolution encoder CNN and generator stage keep only their inputs
+    assert ckpt_bytes < 0.75 * plain_bytes, (ckpt_bytes, plain_bytes)

@@ -14,6 +14,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import roi_align
 
 from wubugen.config import Config
@@ -53,6 +54,7 @@ class RegionalEncoder(nn.Module):
         H, W, C = d.image_h, d.image_w, d.num_channels
         cs, ce = m.encoder_shallow_cnn_channels, m.encoder_channels
         self.h, self.w = latent_grid(cfg)
+        self.checkpointing = cfg.train.activation_checkpointing
 
         boxes = region_boxes(m, W, H)
         self.register_buffer("boxes", boxes, persistent=False)
@@ -108,6 +110,17 @@ class RegionalEncoder(nn.Module):
             self.to_mu = nn.Linear(dt, m.latent_dim)
             self.to_logvar = nn.Linear(dt, m.latent_dim)
 
+    def pixel_features(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The per-frame CNN at full resolution: (B*T, C, H, W) -> shallow features (B*T, cs, H, W) for RoIAlign and,
+        where the spatial path exists, features on the latent grid (B*T, C_e, h, w)."""
+        shallow = self.stem(x)
+        if not self.use_spatial_path:
+            return shallow, None
+        f = self.cfg.model.latent_downsample
+        pad_w, pad_h = self.w * f - x.shape[-1], self.h * f - x.shape[-2]  # not multiples of f: replicate the edge
+        padded = nn.functional.pad(shallow, (0, pad_w, 0, pad_h), mode="replicate") if pad_w or pad_h else shallow
+        return shallow, self.down(padded)
+
     def region_tokens(self, shallow: Tensor, frames: Tensor) -> Tensor:
         """One batched RoIAlign over all frames and regions. -> (B*T, R, patch_dim)"""
         n = shallow.shape[0]
@@ -119,7 +132,11 @@ class RegionalEncoder(nn.Module):
     def forward(self, frames: Tensor, motion: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         b, t, c, hh, ww = frames.shape
         x = frames.reshape(b * t, c, hh, ww)
-        shallow = self.stem(x)  # (B*T, cs, H, W)
+        if self.checkpointing and torch.is_grad_enabled():
+            # nothing random inside: no RNG state to keep (and none may be read during CUDA-graph capture)
+            shallow, feat = checkpoint(self.pixel_features, x, use_reentrant=False, preserve_rng_state=False)
+        else:
+            shallow, feat = self.pixel_features(x)
 
         tokens = self.patch_embed(self.region_tokens(shallow, x))  # (B*T, R, D_tan)
         s = self.wubu_s(tokens).reshape(b, t, self.num_regions, -1)  # (B, T, R, D_s)
@@ -132,11 +149,6 @@ class RegionalEncoder(nn.Module):
         if not self.use_spatial_path:
             pooled = codes.mean(1)
             return self.to_mu(pooled), self.to_logvar(pooled).clamp(*LOGVAR_RANGE), None
-        f = self.cfg.model.latent_downsample
-        pad_w, pad_h = self.w * f - ww, self.h * f - hh  # frames that are not multiples of f: replicate the edge
-        if pad_w or pad_h:
-            shallow = nn.functional.pad(shallow, (0, pad_w, 0, pad_h), mode="replicate")
-        feat = self.down(shallow)  # (B*T, C_e, h, w)
         feat = feat.reshape(b, t, *feat.shape[1:])
         context = feat[:, -1]
         if not self.spatial:

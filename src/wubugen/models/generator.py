@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from wubugen.config import Config
 from wubugen.models.encoder import latent_grid
@@ -36,6 +37,7 @@ class Generator(nn.Module):
         super().__init__()
         m, d = cfg.model, cfg.data
         self.height, self.width, self.t_out = d.image_h, d.image_w, d.num_predict_frames
+        self.checkpointing = cfg.train.activation_checkpointing
         self.spatial = m.latent_type == "spatial"
         kt = m.gen_temporal_kernel_size if self.t_out > 1 else 1
         ks = m.gen_final_conv_kernel_spatial
@@ -84,7 +86,21 @@ class Generator(nn.Module):
                 context = F.adaptive_avg_pool2d(context, z.shape[-2:])
             z = torch.cat([z, context[:, :, None].to(z.dtype).expand(-1, -1, z.shape[2], -1, -1)], 1)
         x = self.act(self.stem_film(self.stem_norm(self.stem(z))))
-        for up, norm, film in zip(self.ups, self.norms, self.films):
-            x = self.act(film(norm(up(x))))
-        x = torch.tanh(self.out(x))  # (B, C, T, H', W')
+        n = len(self.ups)
+        for i in range(n - 1):
+            x = self.stage(i, x)
+        if self.checkpointing and torch.is_grad_enabled():
+            # the full-resolution stage is recomputed in backward (nothing random in it)
+            x = checkpoint(self.last_stage, x, use_reentrant=False, preserve_rng_state=False)
+        else:
+            x = self.last_stage(x)
         return crop_to(x, self.height, self.width).permute(0, 2, 1, 3, 4)
+
+    def stage(self, i: int, x: Tensor) -> Tensor:
+        return self.act(self.films[i](self.norms[i](self.ups[i](x))))
+
+    def last_stage(self, x: Tensor) -> Tensor:
+        """The last upsampling stage and the output conv. -> (B, C, T, H', W') in [-1, 1]"""
+        if len(self.ups):
+            x = self.stage(len(self.ups) - 1, x)
+        return torch.tanh(self.out(x))
