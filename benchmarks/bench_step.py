@@ -10,8 +10,8 @@ usage:
   python benchmarks/bench_step.py --rows launcher-fp32,launcher-bf16 --json out.json
   python benchmarks/bench_step.py --preset launcher --set batch_size=16 --set precision=bf16
   torchrun --nproc_per_node=2 benchmarks/bench_step.py --rows launcher-bf16     (DDP; rank 0 reports)
-Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile][-eager][-nocl][-ckpt]`
-(`-eager`: no CUDA-graph capture of the step; `-nocl`: no channels-last frames; `-ckpt`: activation checkpointing).
+Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile|-nocompile][-eager][-nocl][-ckpt]`
+(the `launcher` preset compiles: `-nocompile` for eager kernels; `-eager`: no CUDA-graph capture of the step; `-nocl`: no channels-last frames; `-ckpt`: activation checkpointing).
 """
 from __future__ import annotations
 
@@ -56,6 +56,8 @@ def parse_row(name: str) -> tuple[str, dict]:
             over["_flow"] = "uncached"
         elif p == "compile":
             over["compile"] = True
+        elif p == "nocompile":  # the launcher preset compiles; this row does not
+            over["compile"] = False
         elif p == "eager":  # no CUDA graph capture of the step (it is on by default for one GPU)
             over["cuda_graphs"] = False
         elif p == "ckpt":  # activation checkpointing of the full-resolution stages
