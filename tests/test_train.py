@@ -247,6 +247,21 @@ def test_sample_and_evaluate_commands(tmp_path, cache, capsys):
     assert result["avg_val_psnr"] > 0 and result["avg_val_lpips"] is None
 
 
+def test_predict_task_reports_the_copy_last_frame_baseline(tmp_path, cache, capsys):
+    """Validation in training and `wubugen evaluate` share one metric loop; both give the baseline in the predict task."""
+    run = tmp_path / "run"
+    assert main(tiny_args(run, cache, "--task", "predict", "--max_steps", "2", "--val_interval", "2")) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["val"]["copy_last_avg_val_psnr"] > 0
+    data = REPO.parent / "shared" / "data" / "videos" / "val" / "sam2__01_dog.mp4"
+    if not data.exists():
+        pytest.skip("../shared/data is not beside the repository")
+    assert main(["evaluate", "--checkpoint", str(run), "--data", str(data), "--out", str(tmp_path / "ev.json"),
+                 "--max_batches", "1"]) == 0
+    result = json.loads((tmp_path / "ev.json").read_text())
+    assert result["clips"] > 0 and result["copy_last_frame"]["avg_val_psnr"] > 0
+
+
 @pytest.mark.slow
 def test_compiled_training_runs_and_saves_plain_weight_names(tmp_path, cache):
     run = tmp_path / "run"

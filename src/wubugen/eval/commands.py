@@ -82,33 +82,22 @@ def _sample_cmd(args: argparse.Namespace) -> int:
 def evaluate(cfg: Config, model, data_path: str, device: torch.device, batch_size: int, max_batches: int = 0,
              lpips_weights: str | None = None) -> dict:
     from wubugen.data import build_datasets, make_loader, to_model_range
-    from wubugen.eval.metrics import VideoMetrics, load_lpips
+    from wubugen.eval.loop import metric_pass
+    from wubugen.eval.metrics import load_lpips
 
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, video_data_path=data_path, validation_video_path=None,
                                                             validation_split_fraction=0.0, augment_flip=False,
                                                             augment_random_crop=False),
                               train=dataclasses.replace(cfg.train, batch_size=batch_size))
     ds = build_datasets(cfg).train
-    lp = load_lpips(lpips_weights, device)
-    metrics = VideoMetrics(device, lp)
-    copy_last = VideoMetrics(device, None) if cfg.model.task == "predict" else None
-    n_clips = 0
     t0 = time.perf_counter()
-    with torch.no_grad():
-        for i, batch in enumerate(make_loader(ds, cfg, False)):
-            if max_batches and i >= max_batches:
-                break
-            clip = to_model_range(batch.to(device))
-            with _autocast(device):
-                out = model(clip, sample_posterior=False)
-            metrics.update(out.recon.float(), out.target.float())
-            if copy_last is not None:
-                last = clip[:, cfg.data.num_input_frames - 1: cfg.data.num_input_frames]
-                copy_last.update(last.expand_as(out.target), out.target)
-            n_clips += clip.shape[0]
-    result = {"clips": n_clips, "seconds": round(time.perf_counter() - t0, 2), **metrics.compute()}
-    if copy_last is not None:
-        result["copy_last_frame"] = {k: v for k, v in copy_last.compute().items() if k != "avg_val_lpips"}
+    ev = metric_pass(model, make_loader(ds, cfg, False), cfg, device, load_lpips(lpips_weights, device),
+                     prepare=lambda b: to_model_range(b.to(device)),
+                     prepare_flow=lambda f: None if f is None else f.to(device),
+                     autocast=lambda: _autocast(device), max_batches=max_batches)
+    result = {"clips": ev.clips, "seconds": round(time.perf_counter() - t0, 2), **ev.metrics.compute()}
+    if ev.copy_last is not None:
+        result["copy_last_frame"] = {k: v for k, v in ev.copy_last.compute().items() if k != "avg_val_lpips"}
     return result
 
 

@@ -25,7 +25,8 @@ from wubugen.config import Config, config_from_dict
 from wubugen.data import build_datasets, make_loader, to_uint8
 from wubugen.data.loader import split_batch
 from wubugen.errors import UserError
-from wubugen.eval.metrics import VideoMetrics, is_better, load_lpips, lpips_unavailable_message
+from wubugen.eval.loop import metric_pass
+from wubugen.eval.metrics import is_better, load_lpips, lpips_unavailable_message
 from wubugen.models.discriminator import build_discriminator
 from wubugen.models.vaegan import build_model
 from wubugen.track import build_tracker
@@ -423,31 +424,18 @@ class Trainer:
         cfg = self.cfg
         if self.data.val is None or len(self.data.val) == 0:
             return {}
-        metrics = VideoMetrics(self.device, self.lpips)
-        copy_last = VideoMetrics(self.device, None) if cfg.model.task == "predict" else None
         loader = make_loader(self.data.val, cfg, False, self.dist.rank, self.dist.world_size)
-        model = self.model
-        shown = None
         with self._eval_weights():
-            model.eval()
-            for i, batch in enumerate(loader):
-                if cfg.train.val_max_batches and i >= cfg.train.val_max_batches:
-                    break
-                batch, flow = split_batch(batch)
-                clip = self.runner.prepare(batch)
-                with self.precision.autocast():
-                    out = model(clip, self.runner.prepare_flow(flow), sample_posterior=False)
-                metrics.update(out.recon.float(), out.target.float())
-                if copy_last is not None:
-                    last = clip[:, cfg.data.num_input_frames - 1:cfg.data.num_input_frames]
-                    copy_last.update(last.expand_as(out.target), out.target)
-                if shown is None:
-                    shown = (out.target[: cfg.log.num_val_samples_to_log], out.recon[: cfg.log.num_val_samples_to_log])
-            model.train()
-        result = metrics.compute(all_reduce_sum(metrics.sums(), self.dist))
-        if copy_last is not None:
-            base = copy_last.compute(all_reduce_sum(copy_last.sums(), self.dist))
+            self.model.eval()
+            ev = metric_pass(self.model, loader, cfg, self.device, self.lpips, prepare=self.runner.prepare,
+                             prepare_flow=self.runner.prepare_flow, autocast=self.precision.autocast,
+                             max_batches=cfg.train.val_max_batches, keep=cfg.log.num_val_samples_to_log)
+            self.model.train()
+        result = ev.metrics.compute(all_reduce_sum(ev.metrics.sums(), self.dist))
+        if ev.copy_last is not None:
+            base = ev.copy_last.compute(all_reduce_sum(ev.copy_last.sums(), self.dist))
             result.update({f"copy_last_{k}": v for k, v in base.items() if v is not None})
+        shown = ev.shown
         if shown is not None and self.is_main and cfg.log.num_val_samples_to_log > 0:
             self.tracker.log_images("samples/val_reconstruction_samples", _pairs_grid(*shown), self.state.step,
                                     caption="rows: ground truth, reconstruction (from mu)")

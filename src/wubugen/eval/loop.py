@@ -1,0 +1,49 @@
+"""The one metric loop over clips: reconstructions (or predictions) from mu, per-frame metrics, and the copy-last-frame
+baseline in the predict task. The trainer's validation and `wubugen evaluate` both run it."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from wubugen.config import Config
+from wubugen.data.loader import split_batch
+from wubugen.eval.metrics import LPIPSMetric, VideoMetrics
+
+
+@dataclass
+class EvalPass:
+    metrics: VideoMetrics
+    copy_last: VideoMetrics | None  # predict task: the last context frame repeated, as a baseline
+    shown: tuple[Tensor, Tensor] | None  # (targets, reconstructions) of the first batch's first `keep` clips
+    clips: int
+
+
+@torch.no_grad()
+def metric_pass(model: nn.Module, batches: Iterable, cfg: Config, device: torch.device, lpips: LPIPSMetric | None, *,
+                prepare: Callable[[Tensor], Tensor], prepare_flow: Callable[[Tensor | None], Tensor | None],
+                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                max_batches: int = 0, keep: int = 0) -> EvalPass:
+    """Runs `model` (already in the mode and with the weights the caller wants) over loader batches (uint8 clips, or
+    clips with cached flows). Sums stay on the device: the caller reduces them across ranks and reads them once."""
+    metrics = VideoMetrics(device, lpips)
+    copy_last = VideoMetrics(device, None) if cfg.model.task == "predict" else None
+    shown, clips = None, 0
+    t_in = cfg.data.num_input_frames
+    for i, batch in enumerate(batches):
+        if max_batches and i >= max_batches:
+            break
+        batch, flow = split_batch(batch)
+        clip = prepare(batch)
+        with autocast():
+            out = model(clip, prepare_flow(flow), sample_posterior=False)
+        metrics.update(out.recon.float(), out.target.float())
+        if copy_last is not None:
+            copy_last.update(clip[:, t_in - 1:t_in].expand_as(out.target), out.target)
+        if shown is None and keep > 0:
+            shown = (out.target[:keep], out.recon[:keep])
+        clips += clip.shape[0]
+    return EvalPass(metrics, copy_last, shown, clips)
