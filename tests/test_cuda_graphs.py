@@ -118,3 +118,21 @@ def test_compiled_players_are_captured_and_train():
     assert torch.isfinite(out["compiled"]).all()
     # inductor reorders float arithmetic: close, not equal
     torch.testing.assert_close(out["compiled"], out["eager"], rtol=2e-2, atol=2e-3)
+
+
+def test_trainer_on_cuda_with_graphs_validates_resumes_and_saves(tmp_path):
+    """The whole trainer on the GPU: graph capture after the warm-up, a second graph when the adversarial term starts,
+    validation (eval mode, EMA swap, RNG forks) between replays, a checkpoint and a resume."""
+    import json
+
+    from wubugen.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--checkpoint_dir", str(run), "--cache_dir", str(tmp_path / "cache"),
+            "--no-progress", "--val_interval", "4", "--gan_start_step", "5", "--ema_decay", "0.9"]
+    assert main(args + ["--max_steps", "8"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["nonfinite_steps"] == 0
+    assert summary["val"]["avg_val_psnr"] > 0
+    assert main(args + ["--max_steps", "12", "--resume", str(run)]) == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == 12

@@ -259,7 +259,9 @@ class Trainer:
             self.log(f"wubugen train: {len(self.data.train)} training windows, "
                      f"{len(self.data.val) if self.data.val is not None else 0} validation windows, "
                      f"{per_epoch} batches/epoch, {total} steps; model {n_g / 1e6:.2f} M + D {n_d / 1e6:.2f} M params; "
-                     f"{self.device} {self.precision.dtype or 'fp32'}; run dir {self.run_dir}")
+                     f"{self.device} {str(self.precision.dtype or 'fp32').replace('torch.', '')}"
+                     f"{', compiled' if t.compile else ''}{', CUDA graphs' if self.runner.graphs_on else ''}; "
+                     f"run dir {self.run_dir}")
         bar = tqdm(total=total, initial=s.step, desc="train", unit="step", disable=not (self.is_main and cfg.log.progress),
                    dynamic_ncols=True, file=sys.stdout)
         log_sums = torch.zeros(len(LOSS_KEYS), device=self.device)
