@@ -68,7 +68,8 @@ def test_replayed_steps_match_eager_steps(optimizer, over):
     losses_e, weights_e, eager = run_sequence(False, optimizer)
     losses_g, weights_g, graphed = run_sequence(True, optimizer, **over)
     assert graphed.graphs_on and not eager.graphs_on
-    # steps 0-2 eager (warm-up), step 3 replays the graph without the adversarial term, steps 4-7 the one with it
+    # steps 0-2 eager warm-up, step 3 captures the graph without the adversarial term; steps 4-6 warm up the variant
+    # with it, step 7 captures and replays that one
     assert len(graphed._graphs) == 2
     for a, b in zip(losses_e, losses_g):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

@@ -168,7 +168,7 @@ class StepRunner:
     """Holds the two players and their optimizers; `run` performs one optimizer step over k micro-batches.
 
     With CUDA graphs on, the forward and both backwards of a step (everything up to the gradients) are captured once
-    after `GRAPH_WARMUP_STEPS` eager steps and replayed afterwards: the host launches one graph instead of thousands of
+    after `GRAPH_WARMUP_STEPS` eager steps (per variant) and replayed afterwards: the host launches one graph instead of thousands of
     small kernels (the WuBu stacks are many small ops). Parameters, optimizer state, lambda_kl and the learning rates
     live in device memory or outside the graph, so Q-control and checkpoint restores act on replayed steps as on eager
     ones. One graph per (adversarial term on/off, input shapes); they share one memory pool.
@@ -200,7 +200,7 @@ class StepRunner:
         self._graphs: dict[tuple, _Captured] = {}
         self._graph_pool = None
         self._side_stream = torch.cuda.Stream(device) if self.graphs_on else None
-        self._eager_steps = 0
+        self._eager_steps: dict[tuple, int] = {}  # eager warm-up steps taken per graph key
         self._lambda_kl = torch.zeros((), device=device)  # read by captured graphs; filled before each replay
 
     def prepare(self, batch: Tensor) -> Tensor:
@@ -247,10 +247,11 @@ class StepRunner:
         key = (adv_on, tuple(batch.shape), batch.dtype, None if flow is None else (tuple(flow.shape), flow.dtype))
         cap = self._graphs.get(key)
         if cap is None:
-            if self._eager_steps < self.GRAPH_WARMUP_STEPS:
-                # real training steps, run eagerly on a side stream (cuDNN autotuning, lazy cuBLAS/compile set-up):
-                # capture needs a warmed-up side stream, and these steps are not wasted
-                self._eager_steps += 1
+            if self._eager_steps.get(key, 0) < self.GRAPH_WARMUP_STEPS:
+                # real training steps, run eagerly on a side stream (cuDNN autotuning, lazy cuBLAS set-up, and the
+                # compilation of every forward/backward this variant runs: e.g. the frozen-D backward only exists once
+                # the adversarial term is on): capture needs all of that done, and these steps are not wasted
+                self._eager_steps[key] = self._eager_steps.get(key, 0) + 1
                 side = self._side_stream
                 side.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(side):
@@ -260,7 +261,7 @@ class StepRunner:
                 torch.cuda.current_stream(self.device).wait_stream(side)
                 return sums
             try:
-                cap = self._capture(key, batch, flow, adv_on)
+                cap = self._capture(batch, flow, adv_on)
             except Exception as err:
                 # a failed capture can leave CUDA's RNG in capture mode, so the step cannot go on eagerly in-process
                 first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
@@ -276,7 +277,7 @@ class StepRunner:
             p.grad = g
         return cap.losses.clone()  # the static output is overwritten by the next replay
 
-    def _capture(self, key: tuple, batch: Tensor, flow: Tensor | None, adv_on: bool) -> _Captured:
+    def _capture(self, batch: Tensor, flow: Tensor | None, adv_on: bool) -> _Captured:
         for p in self.g_params + self.d_params:
             p.grad = None  # gradients are allocated inside the graph's pool: written, not accumulated, on replay
         static_batch = torch.empty(batch.shape, dtype=batch.dtype, device=self.device)
