@@ -51,21 +51,32 @@ def run_sequence(graphs: bool, optimizer: str, **over) -> tuple[list[torch.Tenso
     the adversarial term comes on at step 4. Seeded alike: the posterior samples draw the same noise."""
     r = make_runner(graphs, optimizer, **over)
     data = clips(r, 8)
+    flows = [None] * len(data)
+    if r.cfg.model.use_wubu_motion_branch:  # cached flows (float16 on the host), as the flow cache serves them
+        cfg, g = r.cfg, torch.Generator().manual_seed(2)
+        shape = (cfg.train.batch_size, cfg.encoder_frames - 1, 2, cfg.data.image_h, cfg.data.image_w)
+        flows = [(torch.randn(shape, generator=g) * 2).half() for _ in data]
     torch.cuda.manual_seed(123)
     losses = []
-    for i, batch in enumerate(data):
+    for i, (batch, flow) in enumerate(zip(data, flows)):
         if i == 5:
             apply_lr_momentum_scales(r.opt_g, 0.5, 0.9)
             apply_lr_momentum_scales(r.opt_d, 2.0, 1.1)
-        out, *_ = r.run([batch], 1e-4 * (1 + i), i >= 4)
+        out, *_ = r.run([batch], 1e-4 * (1 + i), i >= 4, [flow])
         losses.append(out)
     return losses, weights(r), r
 
 
-@pytest.mark.parametrize("optimizer,over", [("riemannian_adam", {}), ("riemannian_sgd", {}),
-                                           ("riemannian_adam", {"activation_checkpointing": True})])
-def test_replayed_steps_match_eager_steps(optimizer, over):
-    losses_e, weights_e, eager = run_sequence(False, optimizer)
+MOTION = {"use_wubu_motion_branch": True, "optical_flow_net_type": "dis"}
+
+
+@pytest.mark.parametrize("optimizer,over,eager_over", [
+    ("riemannian_adam", {}, {}), ("riemannian_sgd", {}, {}),
+    ("riemannian_adam", {"activation_checkpointing": True}, {}),  # same math, recomputed inside the graph
+    ("riemannian_adam", MOTION, MOTION),  # cached flows are a second static input
+])
+def test_replayed_steps_match_eager_steps(optimizer, over, eager_over):
+    losses_e, weights_e, eager = run_sequence(False, optimizer, **eager_over)
     losses_g, weights_g, graphed = run_sequence(True, optimizer, **over)
     assert graphed.graphs_on and not eager.graphs_on
     # steps 0-2 eager warm-up, step 3 captures the graph without the adversarial term; steps 4-6 warm up the variant
