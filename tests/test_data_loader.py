@@ -157,3 +157,32 @@ def test_model_range_round_trip() -> None:
     assert y.dtype == torch.float32 and y.min() == -1 and y.max() == 1
     assert torch.equal(to_uint8(y), x)
     assert torch.equal(to_uint8(torch.tensor([-3.0, 5.0])), torch.tensor([0, 255], dtype=torch.uint8))
+
+
+class _CollectingDataset(Dataset):
+    """Each item runs the worker's garbage collector, as any allocation-heavy __getitem__ eventually does."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        import gc
+
+        gc.collect()
+        return torch.full((2, 3, 4, 4), i, dtype=torch.uint8)
+
+
+@pytest.mark.timeout(120)
+def test_workers_do_not_free_the_parents_decoders(tmp_path: Path, clips: Path) -> None:
+    """A video read abandoned mid-file inside a reference cycle is garbage holding FFmpeg's decoder threads. Freed in a
+    forked worker (threads that do not exist there) it hangs: the loader collects it in the parent before forking."""
+    from wubugen.data.video_io import FrameFormat, read_video, write_video
+
+    video = write_video(tmp_path / "v.mp4", np.random.default_rng(1).integers(0, 256, (12, 32, 32, 3), np.uint8), 10.0)
+    reader = read_video(video, FrameFormat(32, 32, 3, "stretch"))
+    next(reader)  # suspended with the container open and the decoder's threads running
+    cycle: list = [reader]
+    cycle.append(cycle)
+    del reader, cycle
+    loader = make_loader(_CollectingDataset(), cfg_for(clips, num_workers=2), train=False, pin_memory=False)
+    assert sum(int(b.shape[0]) for b in loader) == 8

@@ -12,6 +12,7 @@ per-rank means, after the loop.
 """
 from __future__ import annotations
 
+import gc
 import random
 from collections.abc import Iterator
 from functools import partial
@@ -103,6 +104,17 @@ def _seed_worker(worker_id: int, base: int) -> None:
     torch.manual_seed(s)
 
 
+class _ForkSafeLoader(DataLoader):
+    """A DataLoader that collects this process's garbage before forking its workers: a worker inherits every object
+    the parent still holds, and if its own collector frees one that owns threads of the parent (an FFmpeg decoder
+    from a failed or abandoned read), it hangs on locks whose threads do not exist in the child."""
+
+    def __iter__(self):
+        if self.num_workers > 0:
+            gc.collect()
+        return super().__iter__()
+
+
 def make_loader(
     dataset: Dataset,
     cfg: Config,
@@ -136,7 +148,7 @@ def make_loader(
         pin_memory = torch.cuda.is_available()
     workers = cfg.data.num_workers
     base = _mix(cfg.train.seed, epoch, rank, 1 if train else 2)
-    return DataLoader(
+    return _ForkSafeLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=collate_windows,

@@ -254,24 +254,28 @@ def read_video(
             first_pts: int | None = None
             last_pts: int | None = None
             decoding = container.decode(stream)
-            while True:
-                try:
-                    frame = next(decoding)
-                except StopIteration:
-                    break
-                except av.error.FFmpegError as e:
-                    raise DecodeError(path, f"{_av_reason(e)} after {n} frames") from None
-                errors = _log_errors(logs)
-                if errors:
-                    raise DecodeError(path, f"corrupted or truncated (FFmpeg: {errors[-1]}) at frame {n}")
-                if frame.pts is not None:
-                    first_pts = frame.pts if first_pts is None else min(first_pts, frame.pts)
-                    last_pts = frame.pts if last_pts is None else max(last_pts, frame.pts)
-                yield _convert_video_frame(frame, reformatter, fmt, props, frame_threads)
-                n += 1
-                if max_frames is not None and n >= max_frames:
-                    decoding.close()
-                    return
+            # closed on every way out (an error mid-file included): a decoder left to the garbage collector can be
+            # freed in a forked DataLoader worker, where FFmpeg's slice threads do not exist, and hang there
+            try:
+                while True:
+                    try:
+                        frame = next(decoding)
+                    except StopIteration:
+                        break
+                    except av.error.FFmpegError as e:
+                        raise DecodeError(path, f"{_av_reason(e)} after {n} frames") from None
+                    errors = _log_errors(logs)
+                    if errors:
+                        raise DecodeError(path, f"corrupted or truncated (FFmpeg: {errors[-1]}) at frame {n}")
+                    if frame.pts is not None:
+                        first_pts = frame.pts if first_pts is None else min(first_pts, frame.pts)
+                        last_pts = frame.pts if last_pts is None else max(last_pts, frame.pts)
+                    yield _convert_video_frame(frame, reformatter, fmt, props, frame_threads)
+                    n += 1
+                    if max_frames is not None and n >= max_frames:
+                        return
+            finally:
+                decoding.close()
             errors = _log_errors(logs)
             if errors:
                 raise DecodeError(path, f"corrupted or truncated (FFmpeg: {errors[-1]})")
