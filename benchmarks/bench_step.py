@@ -117,7 +117,6 @@ def build(cfg, device, dist_on: bool):
     opt_g = build_optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], t.learning_rate_gen, t)
     opt_d = build_optimizer(t.optimizer, list(disc.parameters()), t.learning_rate_disc, t)
     runner = StepRunner(cfg, model, disc, model_ddp, disc_ddp, opt_g, opt_d, resolve_precision(cfg, device), device)
-    runner.disc_plain = disc
     if cfg.train.compile:
         runner.disc = compile_player(disc)
     return model, disc, runner, opt_g, opt_d
@@ -136,9 +135,9 @@ def make_inputs(cfg, device, n: int, flow_mode: str | None) -> list[tuple[torch.
     return out
 
 
-def step_flops(runner: StepRunner, inp: tuple, lam: float, recompute: bool = False) -> int:
+def step_flops(runner: StepRunner, disc: torch.nn.Module, inp: tuple, lam: float, recompute: bool = False) -> int:
     """FLOPs of one step's forward and backwards (torch.utils.flop_counter: matmuls and convolutions), counted on
-    the plain modules in eager mode: a replayed CUDA graph or compiled code dispatches nothing the counter can see.
+    the plain modules (`disc`: the uncompiled D) in eager mode: a replayed CUDA graph or compiled code dispatches nothing the counter can see.
     Model FLOPs: activation checkpointing's recomputation is not counted (recompute=True counts it: hardware FLOPs)."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -147,7 +146,7 @@ def step_flops(runner: StepRunner, inp: tuple, lam: float, recompute: bool = Fal
     for m in ckpt:
         m.checkpointing = recompute
     saved = runner.model_ddp, runner.disc_ddp, runner.disc
-    runner.model_ddp, runner.disc_ddp, runner.disc = runner.model, runner.disc_plain, runner.disc_plain
+    runner.model_ddp, runner.disc_ddp, runner.disc = runner.model, disc, disc
     try:
         with FlopCounterMode(display=False) as fc:
             runner._forward_backward(runner.prepare(clip), runner.prepare_flow(None if flow is None else flow.float()),
@@ -238,8 +237,8 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
         table = prof.key_averages().table(sort_by=key, row_limit=40)
         Path(args.profile).mkdir(parents=True, exist_ok=True)
         (Path(args.profile) / f"{name}.txt").write_text(table)
-    flops = step_flops(runner, inputs[0], lam)
-    hw_flops = step_flops(runner, inputs[0], lam, recompute=True) if cfg.train.activation_checkpointing else flops
+    flops = step_flops(runner, disc, inputs[0], lam)
+    hw_flops = step_flops(runner, disc, inputs[0], lam, recompute=True) if cfg.train.activation_checkpointing else flops
     med = statistics.median(times)
     b = cfg.train.batch_size * world
     row = {
@@ -248,7 +247,8 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
         "size": f"{cfg.data.image_h}x{cfg.data.image_w}", "s_per_step": med, "clips_per_s": b / med,
         "p10_s": sorted(times)[len(times) // 10], "p90_s": sorted(times)[(9 * len(times)) // 10],
         "peak_mem_gib": peak_mem, "setup_s": setup_s, "cuda_graphs": runner.graphs_on,
-        "reserved_gib": torch.cuda.memory_reserved(device) / 2 ** 30 if cuda else float("nan"), "params_g": sum(p.numel() for p in model.parameters()),
+        "reserved_gib": torch.cuda.memory_reserved(device) / 2 ** 30 if cuda else float("nan"),
+        "params_g": sum(p.numel() for p in model.parameters()),
         "params_d": sum(p.numel() for p in disc.parameters()),
         "tflop_per_step": flops / 1e12 if flops else None,
         "hw_tflop_per_step": hw_flops / 1e12 if hw_flops else None,
@@ -305,10 +305,6 @@ def main() -> None:
         row["torch"] = torch.__version__
         row["bf16_matmul_tflops"] = peak
         rows.append(row)
-        if "error" in row and device.type == "cuda" and row["error"] != "out of memory":
-            if rank == 0:
-                print(f"{name:<34} {row['error']}", flush=True)
-            break  # CUDA state may be unusable after a failed capture
         if rank == 0:
             if "error" in row:
                 print(f"{name:<34} {row['error']}", flush=True)
@@ -318,6 +314,8 @@ def main() -> None:
                 print(f"{name:<34} {row['s_per_step'] * 1000:8.2f} ms/step {row['clips_per_s']:9.1f} clips/s "
                       f"{row['peak_mem_gib']:7.2f} GiB  {tf} TFLOP/step  MFU {mfu}  set-up {row['setup_s']:.0f} s"
                       f"{'  graphs' if row['cuda_graphs'] else ''}", flush=True)
+        if "error" in row and device.type == "cuda" and row["error"] != "out of memory":
+            break  # CUDA state may be unusable after a failed capture
     if rank == 0:
         print(f"card: {card}; torch {torch.__version__}; bf16 matmul {peak and round(peak)} TFLOP/s; world {world}")
         if args.json:

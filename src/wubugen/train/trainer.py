@@ -437,9 +437,8 @@ class Trainer:
         if ev.copy_last is not None:
             base = ev.copy_last.compute(all_reduce_sum(ev.copy_last.sums(), self.dist))
             result.update({f"copy_last_{k}": v for k, v in base.items() if v is not None})
-        shown = ev.shown
-        if shown is not None and self.is_main and cfg.log.num_val_samples_to_log > 0:
-            self.tracker.log_images("samples/val_reconstruction_samples", _pairs_grid(*shown), self.state.step,
+        if ev.shown is not None and self.is_main:  # keep=num_val_samples_to_log: None when that is 0
+            self.tracker.log_images("samples/val_reconstruction_samples", _pairs_grid(*ev.shown), self.state.step,
                                     caption="rows: ground truth, reconstruction (from mu)")
         return result
 
