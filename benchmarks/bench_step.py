@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from wubugen.config import build_config  # noqa: E402
 from wubugen.models.discriminator import build_discriminator  # noqa: E402
+from wubugen.models.layers import to_channels_last  # noqa: E402
 from wubugen.models.vaegan import build_model  # noqa: E402
 from wubugen.train.optim import apply_lr_momentum_scales, build_optimizer  # noqa: E402
 from wubugen.train.qcontrol import LRMomentumController  # noqa: E402
@@ -104,6 +105,9 @@ def matmul_peak(device: torch.device) -> float:
 def build(cfg, device, dist_on: bool):
     model = build_model(cfg).to(device)
     disc = build_discriminator(cfg).to(device)
+    if cfg.train.channels_last and cfg.train.compile and device.type == "cuda":  # as the trainer does
+        to_channels_last(model)
+        to_channels_last(disc)
     model_ddp, disc_ddp = model, disc
     if dist_on:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -165,7 +169,7 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
     over.update(extra)
     flow_mode = over.pop("_flow", None)
     cwubu = over.pop("_cwubu", False)
-    if flow_mode == "uncached" and "flow_weights" not in over and "optical_flow_net_type" not in over:
+    if flow_mode and "flow_weights" not in over and "optical_flow_net_type" not in over:  # RAFT is built either way
         over["flow_weights"] = random_raft_weights(preset, over)
     if flow_mode == "cached":
         over["freeze_flow_net"] = True
@@ -228,15 +232,25 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
         from torch.profiler import ProfilerActivity, profile
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-        with profile(activities=acts) as prof:
+        with profile(activities=acts, record_shapes=True) as prof:
             for i in range(5):
                 step(i)
             if cuda:
                 torch.cuda.synchronize()
         key = "cuda_time_total" if cuda else "cpu_time_total"
-        table = prof.key_averages().table(sort_by=key, row_limit=40)
+        averages = prof.key_averages()
         Path(args.profile).mkdir(parents=True, exist_ok=True)
-        (Path(args.profile) / f"{name}.txt").write_text(table)
+        (Path(args.profile) / f"{name}.txt").write_text(averages.table(sort_by=key, row_limit=60))
+        if cuda:  # every kernel's own GPU time per step, for summing by kind (convolution, fused elementwise, ...)
+            lines = ["name\tcalls_per_step\tself_ms_per_step"]
+            for ev in sorted(averages, key=lambda ev: -ev.self_device_time_total):
+                if ev.self_device_time_total > 0:
+                    lines.append(f"{ev.key[:160]}\t{ev.count / 5:g}\t{ev.self_device_time_total / 5e3:.4f}")
+            (Path(args.profile) / f"{name}.kernels.tsv").write_text("\n".join(lines) + "\n")
+            by_shape = prof.key_averages(group_by_input_shape=True)
+            (Path(args.profile) / f"{name}.shapes.txt").write_text(by_shape.table(sort_by=key, row_limit=80,
+                                                                                  max_name_column_width=40,
+                                                                                  max_shapes_column_width=120))
     flops = step_flops(runner, disc, inputs[0], lam)
     hw_flops = step_flops(runner, disc, inputs[0], lam, recompute=True) if cfg.train.activation_checkpointing else flops
     med = statistics.median(times)
@@ -246,7 +260,7 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
         "world_size": world, "batch_per_gpu": cfg.train.batch_size, "frames": cfg.window_frames,
         "size": f"{cfg.data.image_h}x{cfg.data.image_w}", "s_per_step": med, "clips_per_s": b / med,
         "p10_s": sorted(times)[len(times) // 10], "p90_s": sorted(times)[(9 * len(times)) // 10],
-        "peak_mem_gib": peak_mem, "setup_s": setup_s, "cuda_graphs": runner.graphs_on,
+        "peak_mem_gib": peak_mem, "setup_s": setup_s, "cuda_graphs": bool(runner._graphs),  # steps actually replayed (flow computed in the step stays eager)
         "reserved_gib": torch.cuda.memory_reserved(device) / 2 ** 30 if cuda else float("nan"),
         "params_g": sum(p.numel() for p in model.parameters()),
         "params_d": sum(p.numel() for p in disc.parameters()),

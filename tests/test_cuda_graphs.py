@@ -148,3 +148,14 @@ def test_trainer_on_cuda_with_graphs_validates_resumes_and_saves(tmp_path):
     assert summary["val"]["avg_val_psnr"] > 0
     assert main(args + ["--max_steps", "12", "--resume", str(run)]) == 0
     assert json.loads((run / "summary.json").read_text())["steps"] == 12
+
+
+def test_flow_computed_inside_the_step_runs_eagerly():
+    """Without cached flow the motion branch computes flow in the step (host-side grids/OpenCV): not capturable, so those
+    steps stay eager while cached-flow steps of the same runner are captured."""
+    r = make_runner(True, **MOTION)
+    assert r.flow_in_step(None) and not r.flow_in_step(torch.zeros(1))
+    for batch in clips(r, 5):
+        out, *_ = r.run([batch], 1e-4, True, [None])
+        assert torch.isfinite(out).all()
+    assert not r._graphs

@@ -195,3 +195,34 @@ def test_activation_checkpointing_changes_memory_not_gradients(overrides):
         torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-6, atol=1e-7, msg=name)
     # the full-resolution encoder CNN and generator stage keep only their inputs
     assert ckpt_bytes < 0.75 * plain_bytes, (ckpt_bytes, plain_bytes)
+
+
+def test_channels_last_keeps_parameters_values_and_outputs():
+    """to_channels_last reformats 4-D/5-D weights in place (same Parameter objects, same values, same forward)."""
+    from wubugen.models.layers import to_channels_last
+
+    cfg = build_config("tiny", overrides={"disc_apply_spectral_norm": True})
+    torch.manual_seed(0)
+    model, disc = build_model(cfg).eval(), build_discriminator(cfg).eval()
+    clip = random_clip(cfg, 2)
+    with torch.no_grad():
+        ref = model(clip, sample_posterior=False).recon, disc(clip[:, -cfg.data.num_predict_frames:])
+    before = {n: (p, p.detach().clone()) for n, p in list(model.named_parameters()) + list(disc.named_parameters())}
+    to_channels_last(model)
+    to_channels_last(disc)
+    after = dict(list(model.named_parameters()) + list(disc.named_parameters()))
+    n5 = 0
+    for name, (p, value) in before.items():
+        assert after[name] is p, name
+        assert torch.equal(p, value), name
+        if p.dim() == 5:
+            n5 += 1
+            assert p.is_contiguous(memory_format=torch.channels_last_3d), name
+        elif p.dim() == 4:
+            assert p.is_contiguous(memory_format=torch.channels_last), name
+    assert n5 > 0
+    with torch.no_grad():
+        out = model(clip, sample_posterior=False).recon, disc(clip[:, -cfg.data.num_predict_frames:])
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+

@@ -139,3 +139,18 @@ def test_train_with_dis_motion_on_real_footage(tmp_path, capsys) -> None:
     assert summary["steps"] == 4 and summary["nonfinite_steps"] == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("train/loss_recon" in r["values"] for r in rows)
+
+
+def test_step_runner_knows_when_flow_is_computed_in_the_step() -> None:
+    """Steps whose flow is not cached are not captured in CUDA graphs (checked on the GPU in test_cuda_graphs)."""
+    from wubugen.models.discriminator import build_discriminator
+    from wubugen.train.step import StepRunner, resolve_precision
+
+    cpu = torch.device("cpu")
+    for motion in (False, True):
+        cfg = build_config("tiny", overrides={"use_wubu_motion_branch": motion, "optical_flow_net_type": "dis"})
+        model, disc = build_model(cfg), build_discriminator(cfg)
+        r = StepRunner(cfg, model, disc, model, disc, torch.optim.SGD(model.parameters(), 0.1),
+                       torch.optim.SGD(disc.parameters(), 0.1), resolve_precision(cfg, cpu), cpu)
+        assert r.flow_in_step(None) is motion
+        assert not r.flow_in_step(torch.zeros(2, 3, 2, 8, 8))

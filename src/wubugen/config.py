@@ -145,6 +145,7 @@ class TrainConfig:
     # recompute the full-resolution activations in the backward pass instead of keeping them (the encoder's per-frame
     # CNN, the generator's last stage): about 7% more FLOPs, half the activation memory; the math is unchanged
     activation_checkpointing: bool = False
+    # frames channels-last on CUDA (and, when compiled, the conv weights too: no cuDNN layout conversions)
     channels_last: bool = True
     grad_accum_steps: int = 1
     # losses

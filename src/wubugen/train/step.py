@@ -203,6 +203,13 @@ class StepRunner:
         self._eager_steps: dict[tuple, int] = {}  # eager warm-up steps taken per graph key
         self._lambda_kl = torch.zeros((), device=device)  # read by captured graphs; filled before each replay
 
+    def flow_in_step(self, flow: Tensor | None) -> bool:
+        """True when the motion branch must compute flow inside the step (no cached flow given: trainable RAFT, or a
+        frozen one without a cache). Such steps run eagerly: torchvision's RAFT copies host-built coordinate grids to
+        the device on every call, which CUDA-graph capture forbids (and which syncs the host)."""
+        motion = getattr(self.model, "motion", None)
+        return motion is not None and flow is None
+
     def prepare(self, batch: Tensor) -> Tensor:
         """uint8 (B, T, C, H, W) on the host -> float [-1, 1] on the device (normalisation on the device)."""
         clip = to_model_range(batch.to(self.device, non_blocking=True))
@@ -222,7 +229,7 @@ class StepRunner:
         all device tensors (nothing is read on the host here)."""
         k = len(batches)
         flows = flows or [None] * k
-        if self.graphs_on and k == 1:
+        if self.graphs_on and k == 1 and not self.flow_in_step(flows[0]):
             sums = self._graphed(batches[0], flows[0], lambda_kl, adv_on)
         else:
             sums = torch.zeros(len(LOSS_KEYS), device=self.device)

@@ -28,6 +28,7 @@ from wubugen.errors import UserError
 from wubugen.eval.loop import metric_pass
 from wubugen.eval.metrics import is_better, load_lpips, lpips_unavailable_message
 from wubugen.models.discriminator import build_discriminator
+from wubugen.models.layers import to_channels_last
 from wubugen.models.vaegan import build_model
 from wubugen.track import build_tracker
 from wubugen.track.media import clip_grid, save_clips
@@ -90,6 +91,11 @@ class Trainer:
         set_seed(t.seed)
         self.model = build_model(cfg).to(device)
         self.disc = build_discriminator(cfg).to(device)
+        # channels-last weights only under torch.compile: there they save cuDNN layout conversions (bf16 28.9 vs 29.6 ms on
+        # an H100); eagerly, GroupNorm's channels-last CUDA kernel made the step slower (56.1 vs 46.3 ms, docs/benchmarks.md)
+        if t.channels_last and t.compile and device.type == "cuda":  # before DDP, EMA and the optimizers copy or bucket them
+            to_channels_last(self.model)
+            to_channels_last(self.disc)
         self.model_ddp: nn.Module = self.model
         self.disc_ddp: nn.Module = self.disc
         if dist.enabled:
@@ -238,6 +244,13 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------------------
     # the loop
     # ------------------------------------------------------------------------------------------------------------------
+    def _graphs_label(self) -> str:
+        if not self.runner.graphs_on:
+            return ""
+        if self.model.motion is not None and not self.model.motion.uses_cache:
+            return ", no CUDA graphs (the flow net runs inside the step)"
+        return ", CUDA graphs"
+
     def total_steps(self, batches_per_epoch: int) -> int:
         t = self.cfg.train
         if t.max_steps > 0:  # a step budget overrides --epochs
@@ -260,7 +273,7 @@ class Trainer:
                      f"{len(self.data.val) if self.data.val is not None else 0} validation windows, "
                      f"{per_epoch} batches/epoch, {total} steps; model {n_g / 1e6:.2f} M + D {n_d / 1e6:.2f} M params; "
                      f"{self.device} {str(self.precision.dtype or 'fp32').replace('torch.', '')}"
-                     f"{', compiled' if t.compile else ''}{', CUDA graphs' if self.runner.graphs_on else ''}; "
+                     f"{', compiled' if t.compile else ''}{self._graphs_label()}; "
                      f"run dir {self.run_dir}")
         bar = tqdm(total=total, initial=s.step, desc="train", unit="step", disable=not (self.is_main and cfg.log.progress),
                    dynamic_ncols=True, file=sys.stdout)
