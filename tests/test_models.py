@@ -185,8 +185,12 @@ def _grads_and_saved_bytes(overrides: dict) -> tuple[dict[str, torch.Tensor], in
     return grads, sum(seen.values())
 
 
+@pytest.mark.parametrize("chunk", [16, 3])
 @pytest.mark.parametrize("overrides", [{}, {"task": "predict"}, {"latent_type": "global"}])
-def test_activation_checkpointing_changes_memory_not_gradients(overrides):
+def test_activation_checkpointing_changes_memory_not_gradients(overrides, chunk, monkeypatch):
+    import wubugen.models.encoder as encoder
+
+    monkeypatch.setattr(encoder, "CHECKPOINT_CHUNK_FRAMES", chunk)  # 3: the per-frame CNN recomputed in several chunks
     base = {"image_h": 48, "image_w": 40, **overrides}
     plain, plain_bytes = _grads_and_saved_bytes(base)
     ckpt, ckpt_bytes = _grads_and_saved_bytes({**base, "activation_checkpointing": True})

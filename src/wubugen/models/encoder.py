@@ -23,6 +23,7 @@ from wubugen.models.layers import group_norm, masks_for, region_boxes, roi_rows
 from wubugen.models.wubu import WuBuStack
 
 LOGVAR_RANGE = (-30.0, 20.0)
+CHECKPOINT_CHUNK_FRAMES = 16  # frames per recomputed chunk of the per-frame CNN under activation checkpointing
 
 
 def conv2d_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -133,8 +134,13 @@ class RegionalEncoder(nn.Module):
         b, t, c, hh, ww = frames.shape
         x = frames.reshape(b * t, c, hh, ww)
         if self.checkpointing and torch.is_grad_enabled():
-            # nothing random inside: no RNG state to keep (and none may be read during CUDA-graph capture)
-            shallow, feat = checkpoint(self.pixel_features, x, use_reentrant=False, preserve_rng_state=False)
+            # nothing random inside: no RNG state to keep (and none may be read during CUDA-graph capture). Frames are
+            # independent here, so they are recomputed in chunks: the backward then holds one chunk's activations and
+            # cuDNN workspace at a time (all 52 launcher frames at once took a 1 GiB workspace on an H100 in fp32).
+            parts = [checkpoint(self.pixel_features, c, use_reentrant=False, preserve_rng_state=False)
+                     for c in x.tensor_split(max(1, math.ceil(x.shape[0] / CHECKPOINT_CHUNK_FRAMES)))]
+            shallow = torch.cat([a for a, _ in parts]) if len(parts) > 1 else parts[0][0]
+            feat = None if parts[0][1] is None else (torch.cat([f for _, f in parts]) if len(parts) > 1 else parts[0][1])
         else:
             shallow, feat = self.pixel_features(x)
 
