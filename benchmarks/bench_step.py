@@ -10,7 +10,7 @@ usage:
   python benchmarks/bench_step.py --rows launcher-fp32,launcher-bf16 --json out.json
   python benchmarks/bench_step.py --preset launcher --set batch_size=16 --set precision=bf16
   torchrun --nproc_per_node=2 benchmarks/bench_step.py --rows launcher-bf16     (DDP; rank 0 reports)
-Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile|-nocompile][-eager][-nocl][-ckpt]`
+Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile|-autotune|-nocompile][-eager][-nocl][-ckpt]`
 (the `launcher` preset compiles: `-nocompile` for eager kernels; `-eager`: no CUDA-graph capture of the step; `-nocl`: no channels-last frames; `-ckpt`: activation checkpointing).
 """
 from __future__ import annotations
@@ -57,6 +57,9 @@ def parse_row(name: str) -> tuple[str, dict]:
             over["_flow"] = "uncached"
         elif p == "compile":
             over["compile"] = True
+        elif p == "autotune":  # inductor times its Triton conv/matmul kernels against cuDNN/cuBLAS (long compilation)
+            over["compile"] = True
+            over["compile_mode"] = "max-autotune-no-cudagraphs"
         elif p == "nocompile":  # the launcher preset compiles; this row does not
             over["compile"] = False
         elif p == "eager":  # no CUDA graph capture of the step (it is on by default for one GPU)
@@ -115,14 +118,14 @@ def build(cfg, device, dist_on: bool):
         model_ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         disc_ddp = DDP(disc, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.train.compile:
-        model_ddp = compile_player(model_ddp)
-        disc_ddp = compile_player(disc_ddp)
+        model_ddp = compile_player(model_ddp, cfg.train.compile_mode)
+        disc_ddp = compile_player(disc_ddp, cfg.train.compile_mode)
     t = cfg.train
     opt_g = build_optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], t.learning_rate_gen, t)
     opt_d = build_optimizer(t.optimizer, list(disc.parameters()), t.learning_rate_disc, t)
     runner = StepRunner(cfg, model, disc, model_ddp, disc_ddp, opt_g, opt_d, resolve_precision(cfg, device), device)
     if cfg.train.compile:
-        runner.disc = compile_player(disc)
+        runner.disc = compile_player(disc, cfg.train.compile_mode)
     return model, disc, runner, opt_g, opt_d
 
 

@@ -107,3 +107,18 @@ def test_bad_config_file(tmp_path):
         build_config(config_file=str(tmp_path / "missing.toml"))
     with pytest.raises(ConfigError, match="unknown preset"):
         build_config("huge")
+
+
+def test_compile_mode_is_checked_and_reaches_torch_compile(monkeypatch):
+    import torch
+
+    from wubugen.config import ConfigError
+    from wubugen.train.step import compile_player
+
+    with pytest.raises(ConfigError, match="compile_mode"):
+        build_config("tiny", overrides={"compile_mode": "reduce-overhead"})  # torch's CUDA graphs would clash with ours
+    cfg = build_config("tiny", overrides={"compile_mode": "max-autotune-no-cudagraphs"})
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: seen.update(kw) or module)
+    compile_player(torch.nn.Linear(2, 2), cfg.train.compile_mode)
+    assert seen == {"mode": "max-autotune-no-cudagraphs"}

@@ -139,6 +139,9 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     use_amp: bool = False  # the original's flag: fp16 autocast with a GradScaler (same as --precision fp16)
     compile: bool = False
+    # torch.compile mode: max-autotune-no-cudagraphs lets inductor time its own Triton convolution/matmul kernels against
+    # cuDNN/cuBLAS per shape (much longer compilation); our CUDA graphs replace torch's, hence no reduce-overhead
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     # capture the step's forward+backward in a CUDA graph after 3 eager steps (one CUDA process, no accumulation;
     # elsewhere the step runs eagerly): the host then launches one graph instead of thousands of small kernels
     cuda_graphs: bool = True

@@ -147,14 +147,14 @@ def players_forward_backward(model: nn.Module, disc: nn.Module, frozen_disc: nn.
     return losses, out, adv_logits
 
 
-def compile_player(module: nn.Module) -> nn.Module:
-    """torch.compile for the training step's players. Inductor draws random numbers with torch's own ops
-    (fallback_random), so a compiled run samples the same posterior noise and dropout masks as an eager one, and the
-    CUDA-graph capture sees ordinary RNG ops."""
+def compile_player(module: nn.Module, mode: str = "default") -> nn.Module:
+    """torch.compile for the training step's players (`mode`: `--compile_mode`). Inductor draws random numbers with
+    torch's own ops (fallback_random), so a compiled run samples the same posterior noise and dropout masks as an eager
+    one, and the CUDA-graph capture sees ordinary RNG ops."""
     import torch._inductor.config as inductor_config
 
     inductor_config.fallback_random = True
-    return torch.compile(module)
+    return torch.compile(module, mode=mode)
 
 
 def use_cuda_graphs(cfg: Config, device: torch.device, world_size: int) -> bool:

@@ -105,8 +105,8 @@ class Trainer:
         if t.compile:
             # the training step's players go through torch.compile; checkpoints, validation and sampling use the
             # plain modules (same parameters), so saved weights keep their names
-            self.model_ddp = compile_player(self.model_ddp)
-            self.disc_ddp = compile_player(self.disc_ddp)
+            self.model_ddp = compile_player(self.model_ddp, t.compile_mode)
+            self.disc_ddp = compile_player(self.disc_ddp, t.compile_mode)
         self.opt_g = build_optimizer(t.optimizer, [p for p in self.model.parameters() if p.requires_grad],
                                      t.learning_rate_gen, t)
         self.opt_d = build_optimizer(t.optimizer, list(self.disc.parameters()), t.learning_rate_disc, t)
@@ -114,7 +114,7 @@ class Trainer:
         self.runner = StepRunner(cfg, self.model, self.disc, self.model_ddp, self.disc_ddp, self.opt_g, self.opt_d,
                                  self.precision, device, self.ema)
         if t.compile:
-            self.runner.disc = compile_player(self.disc)  # the frozen-D pass of the generator's adversarial term
+            self.runner.disc = compile_player(self.disc, t.compile_mode)  # the frozen-D pass of the generator's adversarial term
         self.q_gen = self.q_disc = self.q_lkl = None
         if t.q_controller_enabled:
             self.q_gen = LRMomentumController("gen", seed=t.seed + 1)
