@@ -1,0 +1,89 @@
+"""What holds the GPU memory at the peak of one training step: the live allocations at that moment, grouped by the
+Python lines that made them (model code, compiled-code lines, extern kernels such as cuDNN workspaces).
+
+The step runs without CUDA-graph replay (a replayed graph allocates nothing visible); with `compile` on, the first steps
+compile. Uses torch.cuda.memory._record_memory_history over one step after `--warmup` steps.
+
+usage:
+  python benchmarks/bench_memory.py --set precision=fp32
+  python benchmarks/bench_memory.py --preset launcher --set precision=fp32 --set activation_checkpointing=true --top 30
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_step import build, make_inputs  # noqa: E402
+from wubugen.config import build_config  # noqa: E402
+
+
+def live_at_peak(trace: list[dict]) -> tuple[int, dict[int, dict]]:
+    """Replay an allocator trace: (largest total of live step-local bytes, the live blocks at that moment)."""
+    live: dict[int, dict] = {}
+    cur = best = 0
+    best_live: dict[int, dict] = {}
+    for ev in trace:
+        if ev["action"] == "alloc":
+            live[ev["addr"]] = ev
+            cur += ev["size"]
+            if cur > best:
+                best, best_live = cur, dict(live)
+        elif ev["action"] == "free_completed" and ev["addr"] in live:
+            cur -= live.pop(ev["addr"])["size"]
+    return best, best_live
+
+
+def where(ev: dict, depth: int = 4) -> str:
+    frames = [f for f in ev.get("frames", []) if f["filename"].endswith(".py")]
+    return " < ".join(f"{Path(f['filename']).name}:{f['line']}:{f['name']}" for f in frames[:depth]) or "(no Python frame)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="launcher")
+    ap.add_argument("--set", action="append", default=[], help="config option: name=value")
+    ap.add_argument("--warmup", type=int, default=4, help="steps before the recorded one (compilation, cuDNN tuning)")
+    ap.add_argument("--top", type=int, default=25, help="groups of live blocks to print")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_memory.py needs a CUDA device (it reads the CUDA caching allocator's trace)")
+    over: dict = {"cuda_graphs": False}
+    for item in args.set:
+        k, _, v = item.partition("=")
+        over[k] = {"true": True, "false": False}.get(v.lower(), v)
+    cfg = build_config(args.preset, overrides=over)
+    dev = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    model, disc, runner, _, _ = build(cfg, dev, False)
+    print(f"parameters and buffers: {torch.cuda.memory_allocated() / 2 ** 30:.3f} GiB")
+    inputs = make_inputs(cfg, dev, 2, None)
+    for i in range(args.warmup):
+        runner.run([inputs[i % 2][0]], cfg.train.lambda_kl, True)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    print(f"held between steps (+ gradients, optimizer state): {base / 2 ** 30:.3f} GiB")
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.memory._record_memory_history(max_entries=1_000_000)
+    runner.run([inputs[0][0]], cfg.train.lambda_kl, True)
+    torch.cuda.synchronize()
+    snap = torch.cuda.memory._snapshot()
+    torch.cuda.memory._record_memory_history(enabled=None)
+    print(f"step peak (max_memory_allocated): {torch.cuda.max_memory_allocated() / 2 ** 30:.3f} GiB")
+    best, blocks = live_at_peak(snap["device_traces"][dev.index or 0])
+    print(f"step-local allocations live at the peak: {best / 2 ** 30:.3f} GiB")
+    groups: collections.Counter[str] = collections.Counter()
+    for ev in blocks.values():
+        groups[where(ev)] += ev["size"]
+    for w, size in groups.most_common(args.top):
+        print(f"{size / 2 ** 20:9.1f} MiB  {w}")
+
+
+if __name__ == "__main__":
+    main()
