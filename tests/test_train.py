@@ -228,7 +228,7 @@ def test_ddp_gloo_ranks_hold_identical_weights(tmp_path, cache):
 
 def test_sample_and_evaluate_commands(tmp_path, cache, capsys):
     run = tmp_path / "run"
-    assert main(tiny_args(run, cache, "--max_steps", "3")) == 0
+    assert main(tiny_args(run, cache, "--max_steps", "3", "--ema_decay", "0.9")) == 0  # sample/evaluate use the EMA
     for name in ("s.png", "s.gif", "s.mp4"):
         assert main(["sample", "--checkpoint", str(run), "--num", "3", "--out", str(tmp_path / name)]) == 0
         assert (tmp_path / name).stat().st_size > 0
@@ -268,3 +268,41 @@ def test_compiled_training_runs_and_saves_plain_weight_names(tmp_path, cache):
     assert main(tiny_args(run, cache, "--max_steps", "2", "--compile")) == 0
     keys = load_file(str(last_checkpoint(run) / "weights.safetensors")).keys()
     assert not any("_orig_mod" in k for k in keys)
+
+
+def test_ema_tracks_trainable_parameters_by_name_and_reads_old_checkpoints():
+    from torch import nn
+
+    from wubugen.train.step import EMA, ema_state_by_name
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    model[0].requires_grad_(False)  # frozen, like a frozen RAFT inside the motion branch
+    ema = EMA(model, decay=0.5)
+    assert ema.names == ["1.weight", "1.bias"]
+    start = {n: p.clone() for n, p in ema.state_dict().items()}
+    with torch.no_grad():
+        for p in model[1].parameters():
+            p.add_(2.0)
+    ema.update(model, torch.tensor(1.0))
+    for n, p in ema.state_dict().items():
+        torch.testing.assert_close(p, start[n] + 1.0)  # halfway to the moved weights
+    ema.update(model, torch.tensor(0.0))  # a skipped step leaves it alone
+    for n, p in ema.state_dict().items():
+        torch.testing.assert_close(p, start[n] + 1.0)
+
+    live = {n: p.clone() for n, p in model.named_parameters()}
+    with ema.swapped_into(model):
+        torch.testing.assert_close(model[1].weight, start["1.weight"] + 1.0)
+        torch.testing.assert_close(model[0].weight, live["0.weight"])  # frozen: untouched
+    for n, p in model.named_parameters():
+        assert torch.equal(p, live[n])
+
+    # earlier checkpoints held every parameter under its position
+    legacy = {str(i): p.clone() + 7 for i, p in enumerate(model.parameters())}
+    by_name = ema_state_by_name(legacy, model)
+    assert set(by_name) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    fresh = EMA(model, 0.5)
+    fresh.load_state_dict(by_name)
+    torch.testing.assert_close(fresh.state_dict()["1.bias"], model[1].bias + 7)
+    assert ema_state_by_name(ema.state_dict(), model).keys() == ema.state_dict().keys()

@@ -26,9 +26,13 @@ def load_trained(path: str, device: torch.device, prefer: str = "best", use_ema:
     model = build_model(cfg)
     ckpt.load_module_weights(model, c.weights["model"], strict=True, name="model")
     if use_ema and "ema" in c.weights:
+        from wubugen.train.step import ema_state_by_name
+
+        state = ema_state_by_name(c.weights["ema"], model)
         with torch.no_grad():
-            for i, p in enumerate(model.parameters()):
-                p.copy_(c.weights["ema"][str(i)])
+            for n, p in model.named_parameters():
+                if n in state:  # frozen parameters (a frozen flow net) have no EMA: their weights are the model's
+                    p.copy_(state[n])
     return cfg, model.to(device).eval(), c
 
 

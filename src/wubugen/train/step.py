@@ -67,39 +67,60 @@ def _set_requires_grad(params: list[nn.Parameter], flag: bool) -> None:
 
 
 class EMA:
-    """Exponential moving average of the generator's weights (validation and sampling use it when enabled)."""
+    """Exponential moving average of the generator's trainable weights (validation and sampling use it when enabled).
+
+    Keyed by parameter name; frozen parameters (a frozen RAFT) are left out: their average is themselves."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
-        self.params = [p.detach().clone() for p in model.parameters()]
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p.detach().clone() for p in _named(model, self.names)]
 
     @torch.no_grad()
     def update(self, model: nn.Module, keep: Tensor) -> None:
-        live = [p.detach() for p in model.parameters()]
+        live = [p.detach() for p in _named(model, self.names)]
         diff = torch._foreach_sub(live, self.params)
         torch._foreach_mul_(diff, keep * (1.0 - self.decay))  # keep = 0 on a skipped step: no change
         torch._foreach_add_(self.params, diff)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {str(i): p for i, p in enumerate(self.params)}
+        return dict(zip(self.names, self.params))
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        for i, p in enumerate(self.params):
-            p.copy_(state[str(i)])
+        """`state`: name -> tensor (see ema_state_by_name for checkpoints of earlier versions)."""
+        missing = [n for n in self.names if n not in state]
+        if missing:
+            raise KeyError(f"EMA state lacks {len(missing)} parameters, e.g. {missing[0]}")
+        for n, p in zip(self.names, self.params):
+            p.copy_(state[n])
 
     @contextlib.contextmanager
     def swapped_into(self, model: nn.Module):
         """Temporarily put the EMA weights into `model` (for validation and sampling)."""
-        backup = [p.detach().clone() for p in model.parameters()]
+        targets = _named(model, self.names)
+        backup = [p.detach().clone() for p in targets]
         with torch.no_grad():
-            for p, e in zip(model.parameters(), self.params):
+            for p, e in zip(targets, self.params):
                 p.copy_(e)
         try:
             yield model
         finally:
             with torch.no_grad():
-                for p, b in zip(model.parameters(), backup):
+                for p, b in zip(targets, backup):
                     p.copy_(b)
+
+
+def _named(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
+    params = dict(model.named_parameters())
+    return [params[n] for n in names]
+
+
+def ema_state_by_name(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """An EMA state from a checkpoint -> name -> tensor. Checkpoints written before EMA states were keyed by name hold
+    every parameter of `model` under its position ("0", "1", ...); those positions are mapped to names."""
+    if state and all(k.isdigit() for k in state):
+        return {n: state[str(i)] for i, (n, _) in enumerate(model.named_parameters()) if str(i) in state}
+    return dict(state)
 
 
 @dataclass

@@ -37,7 +37,7 @@ from wubugen.train import checkpoint as ckpt
 from wubugen.train.distributed import DistInfo, all_reduce_sum, barrier
 from wubugen.train.optim import apply_lr_momentum_scales, build_optimizer
 from wubugen.train.qcontrol import LambdaKLController, LRMomentumController
-from wubugen.train.step import EMA, LOSS_KEYS, StepRunner, compile_player, resolve_precision
+from wubugen.train.step import EMA, LOSS_KEYS, StepRunner, compile_player, ema_state_by_name, resolve_precision
 
 HIGHER_IS_BETTER = {"avg_val_psnr": True, "avg_val_ssim": True, "avg_val_recon_mse": False, "avg_val_lpips": False}
 
@@ -201,9 +201,10 @@ class Trainer:
             if not report.clean:
                 self.log(report.summary())
         if self.ema is not None:
-            if "ema" in c.weights and len(c.weights["ema"]) == len(self.ema.params):
-                self.ema.load_state_dict(c.weights["ema"])
-            else:
+            state = ema_state_by_name(c.weights.get("ema", {}), self.model)
+            if all(n in state and state[n].shape == p.shape for n, p in zip(self.ema.names, self.ema.params)):
+                self.ema.load_state_dict(state)
+            else:  # no EMA in the checkpoint (or another model's): start it from the loaded weights
                 self.ema = EMA(self.model, self.cfg.train.ema_decay)
                 self.runner.ema = self.ema
 
