@@ -72,3 +72,42 @@ def test_concurrent_ranks_decode_each_file_once(footage: Path, tmp_path: Path) -
     assert np.array_equal(a.train.table.start, b.train.table.start)
     assert np.array_equal(a.val.table.source, b.val.table.source)
     assert len(list((cache / "frames").glob("*.frames"))) == 4
+
+
+def test_data_cache_command_lists_and_prunes_unused_entries(footage: Path, tmp_path: Path, capsys) -> None:
+    import os
+    import time
+
+    from wubugen.cli import main
+
+    cache = tmp_path / "cache"
+    build_datasets(cfg_for(footage, cache))  # 4 entries at 16x16
+    build_datasets(cfg_for(footage, cache, image_h=24))  # 4 more at 24x16
+    old = time.time() - 10 * 86400
+    for p in (cache / "frames").glob("*.frames"):
+        os.utime(p, (old, old))
+    stale_tmp = cache / "frames" / ".abc.frames.tmp-1-deadbeef"  # left by a killed build
+    stale_tmp.write_bytes(b"x" * 10)
+    os.utime(stale_tmp, (old, old))
+    fresh_tmp = cache / "frames" / ".def.frames.tmp-2-feedbeef"  # a build in progress: never touched
+    fresh_tmp.write_bytes(b"y")
+
+    build_datasets(cfg_for(footage, cache))  # cache hits mark the 16x16 entries as used now
+    assert main(["data", "cache", "--cache_dir", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "frames         8 entries" in out and "temporary      2 entries" in out
+
+    assert main(["data", "cache", "--cache_dir", str(cache), "--prune_days", "5", "--dry_run"]) == 0
+    assert "would remove 5 files" in capsys.readouterr().out
+    assert len(list((cache / "frames").glob("*.frames"))) == 8
+
+    assert main(["data", "cache", "--cache_dir", str(cache), "--prune_days", "5"]) == 0
+    assert "removed 5 files" in capsys.readouterr().out
+    assert not stale_tmp.exists() and fresh_tmp.exists()
+    assert build_datasets(cfg_for(footage, cache)).info.cache_built == 0  # the used ones stayed
+    assert build_datasets(cfg_for(footage, cache, image_h=24)).info.cache_built == 4  # the unused ones went
+
+    assert main(["data", "cache", "--cache_dir", str(cache), "--clear"]) == 0
+    assert not list((cache / "frames").glob("*.frames"))
+    assert main(["data", "cache", "--cache_dir", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err

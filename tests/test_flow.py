@@ -3,6 +3,7 @@ and the flow cache (hits compute nothing; backend, weights, frame_skip and foota
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -288,8 +289,10 @@ def test_cache_hit_computes_nothing_and_changes_rebuild(tmp_path, raft_small_fil
     arr = entry.open()
     assert arr.shape == (8, 2, 16, 24) and arr.dtype == np.float16 and np.all(arr[:, 0] == 1)
     assert not list((cache / "flow").glob(".*"))  # no temporary file left behind
-    entry2, built2 = get_or_build_flow(src, 1, est, cache)  # hit: nothing computed
+    os.utime(entry.path, (1e9, 1e9))
+    entry2, built2 = get_or_build_flow(src, 1, est, cache)  # hit: nothing computed, the entry marked as used now
     assert not built2 and est.pairs == 8 and entry2.path == entry.path
+    assert entry.path.stat().st_mtime > 1e9 + 86400
 
     def rebuilt(source, skip, estimator) -> bool:
         before = estimator.pairs

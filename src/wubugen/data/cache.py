@@ -150,6 +150,15 @@ def build_lock(cache_dir: str | os.PathLike[str], name: str, enabled: bool) -> I
         os.close(fd)  # closing releases the flock
 
 
+def touch(path: Path) -> None:
+    """Mark an entry as used now (its mtime: `wubugen data cache --prune_days` removes the long unused). A read-only
+    cache just keeps its old times."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
 def get_or_build(
     source: Source,
     key: str,
@@ -168,6 +177,7 @@ def get_or_build(
     path = entry_path(cache_dir, key)
     entry = load_entry(path)
     if entry is not None:
+        touch(path)
         return entry, False
     with build_lock(cache_dir, key, lock):
         entry = load_entry(path)  # another process may have built it while we waited

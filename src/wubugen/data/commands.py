@@ -1,4 +1,4 @@
-"""`wubugen data inspect | demo | moving-mnist`."""
+"""`wubugen data inspect | demo | cache | moving-mnist`."""
 from __future__ import annotations
 
 import argparse
@@ -39,6 +39,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(demo, only=("data",))
     demo.set_defaults(func=_demo)
 
+    cache = sub.add_parser(
+        "cache", help="show what the frame and flow cache holds; remove entries unused for N days, or all",
+        description="The cache keeps one entry per source and frame format (and per flow backend); entries for settings "
+                    "no longer used stay until removed here. Without options: a summary, nothing removed.",
+    )
+    cache.add_argument("--cache_dir", default=None, metavar="DIR", help="the cache folder (default: the config's, .wubugen_cache)")
+    cache.add_argument("--prune_days", type=float, default=None, metavar="N",
+                       help="remove entries not used for N days (and leftover temporary files older than a day)")
+    cache.add_argument("--clear", action="store_true", help="remove every entry")
+    cache.add_argument("--dry_run", action="store_true", help="say what would be removed, remove nothing")
+    cache.set_defaults(func=_cache)
+
     mm = sub.add_parser(
         "moving-mnist", help="make a Moving-MNIST array (standard protocol) from a digits .npy",
         description="Standard Moving MNIST: 64x64, two 28x28 digits bouncing at 3.6 px per frame, max compositing. "
@@ -55,6 +67,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 2
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from wubugen.config import DataConfig
+    from wubugen.data import cache_admin
+
+    if args.prune_days is not None and args.prune_days < 0:
+        raise UserError(f"--prune_days must be >= 0, not {args.prune_days:g}")
+    cache_dir = Path(args.cache_dir or DataConfig().cache_dir)
+    if args.cache_dir and not cache_dir.is_dir():
+        raise UserError(f"--cache_dir {cache_dir}: no such folder")
+    files = cache_admin.scan(cache_dir)
+    print(f"cache: {cache_dir.resolve()}")
+    for line in cache_admin.summary(files) or ["(empty)"]:
+        print(f"  {line}")
+    if args.prune_days is None and not args.clear:
+        return 0
+    doomed = cache_admin.select(files, older_than_days=args.prune_days, everything=args.clear)
+    size = sum(f.size for f in doomed) / 2 ** 20
+    if args.dry_run:
+        for f in doomed:
+            print(f"  would remove {f.path}")
+        print(f"would remove {len(doomed)} files, {size:.1f} MiB")
+        return 0
+    freed = cache_admin.remove(doomed)
+    print(f"removed {len(doomed)} files, {freed / 2 ** 20:.1f} MiB")
+    return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from wubugen.data.cache import build_lock
+from wubugen.data.cache import build_lock, touch
 from wubugen.flow.backends import FlowEstimator, dis_flow, raft_scale
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -179,6 +179,7 @@ def get_or_build_flow(source: FrameSource, skip: int, estimator: FlowEstimator, 
     pairs, shape = source.frames - skip, source.shape[1:]
     entry = load_flow_entry(path, pairs, shape, skip)
     if entry is not None:
+        touch(path)
         return entry, False
     with build_lock(cache_dir, f"flow-{key}", lock):
         entry = load_flow_entry(path, pairs, shape, skip)  # another process may have built it while we waited
