@@ -26,6 +26,12 @@ LOGVAR_RANGE = (-30.0, 20.0)
 CHECKPOINT_CHUNK_FRAMES = 16  # frames per recomputed chunk of the per-frame CNN under activation checkpointing
 
 
+def _cat_chunks(chunks: list[Tensor | None]) -> Tensor | None:
+    if chunks[0] is None:
+        return None
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
 def conv2d_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     k, p = (4, 1) if stride == 2 else (3, 1)
     return nn.Sequential(nn.Conv2d(cin, cout, k, stride, p), group_norm(cout), nn.GELU())
@@ -139,8 +145,7 @@ class RegionalEncoder(nn.Module):
             # cuDNN workspace at a time (all 52 launcher frames at once took a 1 GiB workspace on an H100 in fp32).
             parts = [checkpoint(self.pixel_features, c, use_reentrant=False, preserve_rng_state=False)
                      for c in x.tensor_split(max(1, math.ceil(x.shape[0] / CHECKPOINT_CHUNK_FRAMES)))]
-            shallow = torch.cat([a for a, _ in parts]) if len(parts) > 1 else parts[0][0]
-            feat = None if parts[0][1] is None else (torch.cat([f for _, f in parts]) if len(parts) > 1 else parts[0][1])
+            shallow, feat = (_cat_chunks(list(chunks)) for chunks in zip(*parts))
         else:
             shallow, feat = self.pixel_features(x)
 
