@@ -75,10 +75,13 @@ class EMA:
         self.decay = decay
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p.detach().clone() for p in _named(model, self.names)]
+        self._live: tuple[nn.Module, list[Tensor]] | None = None  # the model's tensors, looked up once (hot path)
 
     @torch.no_grad()
     def update(self, model: nn.Module, keep: Tensor) -> None:
-        live = [p.detach() for p in _named(model, self.names)]
+        if self._live is None or self._live[0] is not model:
+            self._live = model, [p.detach() for p in _named(model, self.names)]
+        live = self._live[1]
         diff = torch._foreach_sub(live, self.params)
         torch._foreach_mul_(diff, keep * (1.0 - self.decay))  # keep = 0 on a skipped step: no change
         torch._foreach_add_(self.params, diff)
