@@ -10,8 +10,9 @@ usage:
   python benchmarks/bench_step.py --rows launcher-fp32,launcher-bf16 --json out.json
   python benchmarks/bench_step.py --preset launcher --set batch_size=16 --set precision=bf16
   torchrun --nproc_per_node=2 benchmarks/bench_step.py --rows launcher-bf16     (DDP; rank 0 reports)
-Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile|-autotune|-nocompile][-eager][-nocl][-ckpt]`
-(the `launcher` preset compiles: `-nocompile` for eager kernels; `-eager`: no CUDA-graph capture of the step; `-nocl`: no channels-last frames; `-ckpt`: activation checkpointing).
+Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile|-autotune|-nocompile][-eager][-nocl][-ckpt][-gbv][-static][-bucket<MB>]`
+(the `launcher` preset compiles: `-nocompile` for eager kernels; `-eager`: no CUDA-graph capture of the step; `-nocl`: no channels-last frames; `-ckpt`: activation checkpointing;
+ under torchrun, `-gbv`, `-static`, `-bucket<MB>`: DDP's gradient_as_bucket_view, static_graph, bucket_cap_mb).
 """
 from __future__ import annotations
 
@@ -68,6 +69,12 @@ def parse_row(name: str) -> tuple[str, dict]:
             over["activation_checkpointing"] = True
         elif p == "nocl":  # frames stay in the default (contiguous) layout
             over["channels_last"] = False
+        elif p == "gbv":  # DDP: gradients are views into the all-reduce buckets (no copy into and out of them)
+            over.setdefault("_ddp", {})["gradient_as_bucket_view"] = True
+        elif p == "static":  # DDP: static_graph (the same parameters get gradients in every step)
+            over.setdefault("_ddp", {})["static_graph"] = True
+        elif p.startswith("bucket") and p[6:].isdigit():  # DDP: bucket size in MB (default 25)
+            over.setdefault("_ddp", {})["bucket_cap_mb"] = int(p[6:])
         elif p == "cwubu":  # compile only the WuBu stacks (the many small hyperbolic ops), convs stay eager
             over["_cwubu"] = True
         else:
@@ -105,7 +112,7 @@ def matmul_peak(device: torch.device) -> float:
     return 2 * n ** 3 / statistics.median(times) / 1e12
 
 
-def build(cfg, device, dist_on: bool):
+def build(cfg, device, dist_on: bool, ddp_kw: dict | None = None):
     model = build_model(cfg).to(device)
     disc = build_discriminator(cfg).to(device)
     if cfg.train.channels_last and cfg.train.compile and device.type == "cuda":  # as the trainer does
@@ -115,8 +122,9 @@ def build(cfg, device, dist_on: bool):
     if dist_on:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model_ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-        disc_ddp = DDP(disc, device_ids=[device.index] if device.type == "cuda" else None)
+        ids = [device.index] if device.type == "cuda" else None
+        model_ddp = DDP(model, device_ids=ids, **(ddp_kw or {}))
+        disc_ddp = DDP(disc, device_ids=ids, **(ddp_kw or {}))
     if cfg.train.compile:
         model_ddp = compile_player(model_ddp, cfg.train.compile_mode)
         disc_ddp = compile_player(disc_ddp, cfg.train.compile_mode)
@@ -167,11 +175,61 @@ def step_flops(runner: StepRunner, disc: torch.nn.Module, inp: tuple, lam: float
     return fc.get_total_flops()
 
 
+def _timed(fn, n: int, device) -> list[float]:
+    """Seconds per call of fn(i), CUDA events on the GPU (wall clock on the CPU), after a barrier so ranks start together."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    out = []
+    for i in range(n):
+        if device.type == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn(i)
+            e.record()
+            e.synchronize()
+            out.append(s.elapsed_time(e) / 1000)
+        else:
+            t0 = time.perf_counter()
+            fn(i)
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def ddp_breakdown(runner: StepRunner, step, n: int, device) -> dict:
+    """Where a DDP step's time goes: the same step with DDP's gradient all-reduce switched off (`no_sync` on both
+    players: compute alone, every rank at its own pace), and an all-reduce of every trainable gradient as one flat fp32
+    buffer with nothing to overlap it (NCCL's raw cost for this model). exposed_comm_s = step - compute: what the
+    overlap of the all-reduce with the backward pass did not hide (plus waiting for the slowest rank)."""
+    import torch.distributed as dist
+
+    ddps = [getattr(m, "_orig_mod", m) for m in (runner.model_ddp, runner.disc_ddp)]
+    ddps = [m for m in ddps if hasattr(m, "no_sync")]
+
+    def local_step(i: int) -> None:
+        with ddps[0].no_sync(), ddps[1].no_sync():
+            step(i)
+
+    for i in range(3):  # the first unsynchronised steps may rebuild DDP's buckets
+        local_step(i)
+    compute = statistics.median(_timed(local_step, n, device))
+    n_params = sum(p.numel() for p in runner.g_params + runner.d_params)
+    flat = torch.randn(n_params, device=device)
+    for _ in range(3):
+        dist.all_reduce(flat)
+    ar = statistics.median(_timed(lambda i: dist.all_reduce(flat), 20, device))
+    world = dist.get_world_size()
+    # NCCL's "bus bandwidth" of a ring all-reduce: each byte crosses 2(N-1)/N links
+    busbw = 2 * (world - 1) / world * flat.numel() * 4 / ar / 1e9
+    return {"compute_s": compute, "allreduce_s": ar, "allreduce_mb": n_params * 4 / 1e6, "allreduce_busbw_gbs": busbw}
+
+
 def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, peak: float | None) -> dict:
     preset, over = parse_row(name)
     over.update(extra)
     flow_mode = over.pop("_flow", None)
     cwubu = over.pop("_cwubu", False)
+    ddp_kw = over.pop("_ddp", None)
     if flow_mode and "flow_weights" not in over and "optical_flow_net_type" not in over:  # RAFT is built either way
         over["flow_weights"] = random_raft_weights(preset, over)
     if flow_mode == "cached":
@@ -181,7 +239,7 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
         torch._dynamo.reset()  # each row compiles afresh (no dynamic-shape recompiles from an earlier row's sizes)
     t_setup = time.perf_counter()
     torch.manual_seed(0)
-    model, disc, runner, opt_g, opt_d = build(cfg, device, world > 1)
+    model, disc, runner, opt_g, opt_d = build(cfg, device, world > 1, ddp_kw)
     if cwubu:
         from wubugen.models.wubu import WuBuStack
 
@@ -231,6 +289,7 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
             step(i)
             times.append(time.perf_counter() - t0)
     peak_mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if cuda else float("nan")
+    breakdown = ddp_breakdown(runner, step, args.steps, device) if world > 1 else {}
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -259,7 +318,7 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
     med = statistics.median(times)
     b = cfg.train.batch_size * world
     row = {
-        "row": name, "preset": preset, "overrides": {k: v for k, v in over.items()}, "flow": flow_mode,
+        "row": name, "preset": preset, "overrides": {k: v for k, v in over.items()}, "flow": flow_mode, "ddp": ddp_kw,
         "world_size": world, "batch_per_gpu": cfg.train.batch_size, "frames": cfg.window_frames,
         "size": f"{cfg.data.image_h}x{cfg.data.image_w}", "s_per_step": med, "clips_per_s": b / med,
         "p10_s": sorted(times)[len(times) // 10], "p90_s": sorted(times)[(9 * len(times)) // 10],
@@ -270,6 +329,7 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
         "tflop_per_step": flops / 1e12 if flops else None,
         "hw_tflop_per_step": hw_flops / 1e12 if hw_flops else None,
     }
+    row.update(breakdown)
     if flops and peak:
         row["achieved_tflops"] = flops / med / 1e12  # per GPU
         row["mfu"] = row["achieved_tflops"] / peak
@@ -331,6 +391,10 @@ def main() -> None:
                 print(f"{name:<34} {row['s_per_step'] * 1000:8.2f} ms/step {row['clips_per_s']:9.1f} clips/s "
                       f"{row['peak_mem_gib']:7.2f} GiB  {tf} TFLOP/step  MFU {mfu}  set-up {row['setup_s']:.0f} s"
                       f"{'  graphs' if row['cuda_graphs'] else ''}", flush=True)
+                if "compute_s" in row:
+                    print(f"{'':<34} DDP x{world}: compute {row['compute_s'] * 1000:.2f} ms, exposed all-reduce "
+                          f"{(row['s_per_step'] - row['compute_s']) * 1000:.2f} ms; all-reduce of {row['allreduce_mb']:.0f} MB "
+                          f"alone {row['allreduce_s'] * 1000:.2f} ms ({row['allreduce_busbw_gbs']:.0f} GB/s bus)", flush=True)
         if "error" in row and device.type == "cuda" and row["error"] != "out of memory":
             break  # CUDA state may be unusable after a failed capture
     if rank == 0:

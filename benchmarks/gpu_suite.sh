@@ -2,7 +2,13 @@
 # The GPU measurements of docs/benchmarks.md in one script: CUDA-graph tests, step rows, batch/frame scaling, DDP on 2
 # GPUs, and the loader on the GPU host. Results go to $OUT (default ./bench_out), one JSON per section.
 #
-#   bash benchmarks/gpu_suite.sh [tests] [step] [compile] [mfu] [autotune] [motionraw] [scaling] [ddp] [loader]     (no argument: all sections)
+#   bash benchmarks/gpu_suite.sh [tests] [step] [compile] [mfu] [autotune] [motionraw] [scaling] [ddp] [loader]     (no argument: these)
+#   bash benchmarks/gpu_suite.sh ddpscale ddpcurve     (issue 7, on a machine with 4 or 8 GPUs: DDP on 1, 2, 4, 8 GPUs)
+#
+# ddpscale: bench_step rows (bf16, eager kernels, equal per-GPU batch; DDP_ROWS overrides) on 1 GPU, then under torchrun
+#   on 2, 4 and 8 GPUs as far as the machine has them, with each step's compute / exposed all-reduce breakdown, and the
+#   table of ddp_report.py. ddpcurve: CURVE_STEPS (500) training steps of the launcher preset on the synthetic demo footage
+#   with N GPUs at batch 4 each and on one GPU at batch 4N (the same global batch), and the curves' comparison.
 #
 # Needs torch with CUDA, and PyAV for the loader section and the trainer test (pip install av). Keep NCCL's NVLink
 # multicast off on shared hosts (set below). Each section is bounded by `timeout` so one slow compile cannot eat the rest.
@@ -35,6 +41,24 @@ for s in $sections; do
            --rows launcher-bf16-nocompile-eager,launcher-bf16-nocompile-b16-eager
          one timeout 200 python3 $B --json "$OUT/ddp1.json" --rows launcher-bf16-nocompile-eager,launcher-bf16-nocompile-b16-eager ;;
     loader) one timeout 300 python3 benchmarks/bench_loader.py --sizes 64 256 --workers 0 4 8 --seconds 5 | tee "$OUT/loader.txt" ;;
-    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader)"; exit 2 ;;
+    ddpscale)
+      ngpu=$(nvidia-smi -L | wc -l)
+      R=${DDP_ROWS:-launcher-bf16-nocompile-eager,launcher-bf16-nocompile-b16-eager,launcher-bf16-nocompile-b32-eager,launcher-bf16-nocompile-b64-eager}
+      D="benchmarks/bench_step.py --steps 20 --warmup 8 --rows $R"
+      one timeout 300 python3 $D --json "$OUT/ddp_n1.json"
+      for w in 2 4 8; do
+        [ "$w" -le "$ngpu" ] && timeout 400 torchrun --standalone --nproc_per_node $w $D --json "$OUT/ddp_n$w.json"
+      done
+      python3 benchmarks/ddp_report.py scaling "$OUT"/ddp_n*.json | tee "$OUT/ddp_scaling.md" ;;
+    ddpcurve)
+      ngpu=$(nvidia-smi -L | wc -l); w=$(( ngpu >= 8 ? 8 : (ngpu >= 4 ? 4 : ngpu) )); steps=${CURVE_STEPS:-500}
+      runs=${CURVE_DIR:-/tmp/wubugen_curves}; rm -rf "$runs"
+      T="-m wubugen train --preset launcher --compile false --max_steps $steps --val_interval $steps --log_interval 5 --progress false"
+      timeout 400 torchrun --standalone --nproc_per_node $w $T --batch_size 4 --checkpoint_dir "$runs/n$w" 2>&1 | tail -3
+      one timeout 400 python3 $T --batch_size $((4 * w)) --checkpoint_dir "$runs/n1" 2>&1 | tail -3
+      cp "$runs/n$w/metrics.jsonl" "$OUT/curve_n${w}xb4.jsonl"; cp "$runs/n1/metrics.jsonl" "$OUT/curve_n1xb$((4 * w)).jsonl"
+      python3 benchmarks/ddp_report.py curves --out "$OUT/ddp_curves.png" "1xb$((4 * w))=$runs/n1/metrics.jsonl" \
+        "${w}xb4=$runs/n$w/metrics.jsonl" | tee "$OUT/ddp_curves.md" ;;
+    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve)"; exit 2 ;;
   esac
 done

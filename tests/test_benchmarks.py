@@ -1,7 +1,9 @@
-"""The benchmark scripts: row names, the memory probe's trace replay, and a CPU run of the step bench."""
+"""The benchmark scripts: row names, the memory probe's trace replay, CPU runs of the step bench (one process and DDP on
+gloo), and the multi-GPU report's tables."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import bench_memory  # noqa: E402
+import ddp_report  # noqa: E402
 import bench_step  # noqa: E402
 
 
@@ -21,6 +24,8 @@ def test_row_names_parse_into_config_overrides():
                     "activation_checkpointing": True}
     assert bench_step.parse_row("launcher-bf16-nocompile-eager")[1] == {"precision": "bf16", "compile": False,
                                                                         "cuda_graphs": False}
+    assert bench_step.parse_row("launcher-bf16-gbv-static-bucket100")[1] == {
+        "precision": "bf16", "_ddp": {"gradient_as_bucket_view": True, "static_graph": True, "bucket_cap_mb": 100}}
 
 
 def test_memory_probe_finds_the_live_blocks_at_the_peak():
@@ -44,3 +49,54 @@ def test_step_bench_runs_a_tiny_row_on_the_cpu(tmp_path):
     (row,) = json.loads(out.read_text())
     assert row["row"] == "tiny-fp32" and row["s_per_step"] > 0 and row["clips_per_s"] > 0
     assert row["tflop_per_step"] > 0 and not row["cuda_graphs"]
+
+
+def test_step_bench_under_torchrun_reports_the_ddp_breakdown(tmp_path):
+    out = tmp_path / "rows.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+                           str(BENCH / "bench_step.py"), "--rows", "tiny-fp32-gbv", "--steps", "2", "--warmup", "1",
+                           "--json", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())
+    assert row["world_size"] == 2 and row["clips_per_s"] == 2 * row["batch_per_gpu"] / row["s_per_step"]
+    assert row["compute_s"] > 0 and row["allreduce_s"] > 0 and row["ddp"] == {"gradient_as_bucket_view": True}
+    n_params = row["params_g"] + row["params_d"]  # every parameter of the tiny preset is trainable
+    assert abs(row["allreduce_mb"] - n_params * 4 / 1e6) < 1e-6
+    assert "DDP x2: compute" in proc.stdout
+
+
+def _bench_row(name: str, world: int, batch: int, s_per_step: float, **extra) -> dict:
+    return {"row": name, "world_size": world, "batch_per_gpu": batch, "s_per_step": s_per_step,
+            "clips_per_s": batch * world / s_per_step, "peak_mem_gib": 1.0, "card": "GPU X", **extra}
+
+
+def test_scaling_table_divides_by_n_times_the_one_gpu_rate(tmp_path):
+    one = [_bench_row("r-b4", 1, 4, 0.100), _bench_row("r-b16", 1, 16, 0.200), {"row": "r-b64", "error": "out of memory"}]
+    four = [_bench_row("r-b4", 4, 4, 0.125, compute_s=0.100, allreduce_s=0.001, allreduce_busbw_gbs=300.0),
+            _bench_row("r-b16", 4, 16, 0.200, compute_s=0.199, allreduce_s=0.001, allreduce_busbw_gbs=300.0)]
+    (tmp_path / "n1.json").write_text(json.dumps(one))
+    (tmp_path / "n4.json").write_text(json.dumps(four))
+    lines = ddp_report.scaling_table([tmp_path / "n1.json", tmp_path / "n4.json"]).splitlines()
+    assert lines[0] == "card: GPU X"
+    b4 = [line for line in lines if line.startswith("| r-b4 | 4 | 4 |")][0].split(" | ")
+    assert b4[5] == "80.0%" and b4[6] == "100.00" and b4[7] == "25.00" and b4[8] == "1.00 (300)"
+    assert [line for line in lines if line.startswith("| r-b16 | 16 | 4 |")][0].split(" | ")[5] == "100.0%"
+    assert not any("r-b64" in line for line in lines)
+
+
+def _metrics(path: Path, rows: list[tuple[int, dict]]) -> Path:
+    path.write_text("".join(json.dumps({"step": s, "time": 0.0, "values": v}) + "\n" for s, v in rows))
+    return path
+
+
+def test_curves_table_plot_and_the_first_schedule_difference(tmp_path):
+    a = _metrics(tmp_path / "a.jsonl", [(s, {"train/loss_recon": 1.0 / s, "train/lr_gen": 1e-3}) for s in range(1, 41)])
+    b = _metrics(tmp_path / "b.jsonl", [(s, {"train/loss_recon": 1.1 / s, "train/lr_gen": 1e-3 if s < 25 else 2e-3})
+                                        for s in range(1, 41)])
+    text = ddp_report.curves({"one": a, "four": b}, tmp_path / "c.png", block=20)
+    assert "until step 25, where train/lr_gen first differs" in text
+    row = [line for line in text.splitlines() if line.startswith("| 20 |")][0].split(" | ")
+    assert row[-1] == "9.5% |"  # (1.1 - 1.0) / mean(1.0, 1.1) of the block means
+    assert (tmp_path / "c.png").stat().st_size > 0
+    assert ddp_report.block_means([(1, 2.0), (2, float("nan")), (3, 4.0)], 2) == {2: 2.0, 4: 4.0}
