@@ -143,17 +143,15 @@ def players_forward_backward(model: nn.Module, disc: nn.Module, frozen_disc: nn.
                              ) -> tuple[Tensor, object, Tensor]:
     """The step's losses and both backwards for one micro-batch (the trainer's step and `wubugen inspect` share it).
 
-    One generator forward; D on [real; fake.detach()] in one forward; G's adversarial term through `frozen_disc` (D's
-    parameters `d_params` get no gradient from it). Losses are divided by k (gradient accumulation) before backward.
+    One generator forward; G's adversarial term through `frozen_disc` (D's parameters `d_params` get no gradient from
+    it); D on [real; fake.detach()] in one forward. G's backward runs before D's forward: the generator's activations
+    (the largest, at full resolution) are freed before D's double-batch forward allocates its own, which lowers the
+    step's peak memory. Nothing is updated between the two (the optimizers step afterwards), so the gradients are those
+    of the other order. Losses are divided by k (gradient accumulation) before backward.
     -> (losses (7,) detached in LOSS_KEYS order, the model output, the frozen-D logits)."""
     t = cfg.train
     with autocast():
         out = model(clip, flow)
-        logits = disc(torch.cat([out.target, out.recon.detach()], 0))
-    real_logits, fake_logits = logits.chunk(2, 0)
-    loss_d, loss_d_real, loss_d_fake = d_loss(real_logits, fake_logits, t.gan_loss)
-    scale_d(loss_d / k).backward()
-
     loss_recon = recon_loss(out.recon, out.target)
     loss_kl = kl_loss(out.mu, out.logvar, cfg.model.kl_reduction)
     loss_g = t.lambda_recon * loss_recon + lambda_kl * loss_kl
@@ -167,6 +165,12 @@ def players_forward_backward(model: nn.Module, disc: nn.Module, frozen_disc: nn.
         scale_g(loss_g / k).backward()
     finally:
         _set_requires_grad(d_params, True)
+
+    with autocast():
+        logits = disc(torch.cat([out.target, out.recon.detach()], 0))
+    real_logits, fake_logits = logits.chunk(2, 0)
+    loss_d, loss_d_real, loss_d_fake = d_loss(real_logits, fake_logits, t.gan_loss)
+    scale_d(loss_d / k).backward()
     losses = torch.stack([loss_recon, loss_kl, loss_adv, loss_g, loss_d, loss_d_real, loss_d_fake]).detach()
     return losses, out, adv_logits
 

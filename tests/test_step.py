@@ -1,0 +1,41 @@
+"""The step's two backwards: the gradients each player gets are those of its own loss, whatever order they run in."""
+from __future__ import annotations
+
+import torch
+
+from wubugen.config import build_config
+from wubugen.models.discriminator import build_discriminator
+from wubugen.models.vaegan import build_model
+from wubugen.train.losses import d_loss, g_adv_loss, kl_loss, recon_loss
+from wubugen.train.step import players_forward_backward
+
+
+def test_each_player_gets_exactly_the_gradient_of_its_own_loss():
+    # spectral norm off and no dropout: both orders of the passes then compute the same numbers
+    cfg = build_config("tiny", overrides={"disc_apply_spectral_norm": False, "wubu_dropout": 0.0})
+    torch.manual_seed(0)
+    model, disc = build_model(cfg), build_discriminator(cfg)
+    clip = torch.rand(2, cfg.window_frames, cfg.data.num_channels, cfg.data.image_h, cfg.data.image_w) * 2 - 1
+    g_params = [p for p in model.parameters() if p.requires_grad]
+    d_params = list(disc.parameters())
+    t, lam = cfg.train, 3e-3
+
+    torch.manual_seed(1)  # the posterior noise
+    losses, _, _ = players_forward_backward(model, disc, disc, d_params, clip, None, cfg, lam, True)
+    got_g = [p.grad.clone() for p in g_params]
+    got_d = [p.grad.clone() for p in d_params]
+
+    torch.manual_seed(1)
+    out = model(clip, None)
+    adv = g_adv_loss(disc(out.recon), t.gan_loss)
+    loss_g = t.lambda_recon * recon_loss(out.recon, out.target) + lam * kl_loss(out.mu, out.logvar, cfg.model.kl_reduction) \
+        + t.lambda_gan * adv
+    ref_g = torch.autograd.grad(loss_g, g_params)
+    real, fake = disc(torch.cat([out.target, out.recon.detach()], 0)).chunk(2, 0)
+    loss_d = d_loss(real, fake, t.gan_loss)[0]
+    ref_d = torch.autograd.grad(loss_d, d_params)
+
+    assert torch.allclose(losses[3], loss_g.detach(), rtol=1e-5) and torch.allclose(losses[4], loss_d.detach(), rtol=1e-5)
+    for a, b in zip(got_g + got_d, list(ref_g) + list(ref_d)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    assert all(p.requires_grad for p in d_params)  # D's parameters are trainable again after G's pass
