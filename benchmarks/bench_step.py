@@ -176,10 +176,12 @@ def step_flops(runner: StepRunner, disc: torch.nn.Module, inp: tuple, lam: float
 
 
 def _timed(fn, n: int, device) -> list[float]:
-    """Seconds per call of fn(i), CUDA events on the GPU (wall clock on the CPU), after a barrier so ranks start together."""
+    """Seconds per call of fn(i), CUDA events on the GPU (wall clock on the CPU); under torchrun after a barrier, so
+    the ranks start together."""
     import torch.distributed as dist
 
-    dist.barrier()
+    if dist.is_initialized():
+        dist.barrier()
     out = []
     for i in range(n):
         if device.type == "cuda":
@@ -275,19 +277,7 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
     if cuda:
         torch.cuda.synchronize()
     setup_s = time.perf_counter() - t_setup
-    times = []
-    for i in range(args.steps):
-        if cuda:
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            step(i)
-            e.record()
-            e.synchronize()
-            times.append(s.elapsed_time(e) / 1000)
-        else:
-            t0 = time.perf_counter()
-            step(i)
-            times.append(time.perf_counter() - t0)
+    times = _timed(step, args.steps, device)
     peak_mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if cuda else float("nan")
     breakdown = ddp_breakdown(runner, step, args.steps, device) if world > 1 else {}
     if args.profile:
@@ -333,7 +323,7 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
     if flops and peak:
         row["achieved_tflops"] = flops / med / 1e12  # per GPU
         row["mfu"] = row["achieved_tflops"] / peak
-    del model, disc, runner, inputs
+    model = disc = runner = inputs = step = None  # free this row's GPU memory (the closure holds them too)
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()

@@ -115,7 +115,6 @@ def test_curvature_gradient_matches_finite_difference_in_float64(gen):
     y = torch.randn(8, 4, generator=gen, dtype=torch.float64) * 0.4
 
     def f(cv):
-        c = torch.tensor(cv, dtype=torch.float64)
         return ref_dist(ref_expmap0(x, cv), ref_expmap0(y, cv), cv).sum()
 
     c = torch.tensor(0.6, requires_grad=True)
