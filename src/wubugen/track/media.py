@@ -123,9 +123,7 @@ def save_gif(path: str | os.PathLike[str], frames: Tensor | np.ndarray, fps: int
     return Path(path)
 
 
-def _mp4_codec() -> str:
-    import av  # here, not at the top: metrics, plots and PNG/GIF work where PyAV is not installed (a bare GPU image)
-
+def _mp4_codec(av) -> str:
     # PyAV wheels ship libx264; a build without it still has FFmpeg's own mpeg4 encoder.
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
@@ -138,9 +136,9 @@ def save_mp4(path: str | os.PathLike[str], frames: Tensor | np.ndarray, fps: int
     t, h, w, _ = a.shape
     # yuv420p subsamples chroma by 2 in both directions, so the encoders need even sizes
     a = np.pad(a, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    codec = _mp4_codec()
-    import av
+    import av  # here, not at the top: metrics, plots, PNGs and GIFs work where PyAV is not installed (a bare GPU image)
 
+    codec = _mp4_codec(av)
     with atomic_output(path) as tmp:
         with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream(codec, rate=int(fps))
