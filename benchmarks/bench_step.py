@@ -201,15 +201,14 @@ def _timed(fn, n: int, device) -> list[float]:
 def ddp_breakdown(runner: StepRunner, step, n: int, device) -> dict:
     """Where a DDP step's time goes: the same step with DDP's gradient all-reduce switched off (`no_sync` on both
     players: compute alone, every rank at its own pace), and an all-reduce of every trainable gradient as one flat fp32
-    buffer with nothing to overlap it (NCCL's raw cost for this model). exposed_comm_s = step - compute: what the
-    overlap of the all-reduce with the backward pass did not hide (plus waiting for the slowest rank)."""
+    buffer with nothing to overlap it (NCCL's raw cost for this model). The row's step time minus compute_s is what
+    the overlap of the all-reduce with the backward pass did not hide (plus waiting for the slowest rank)."""
     import torch.distributed as dist
 
-    ddps = [getattr(m, "_orig_mod", m) for m in (runner.model_ddp, runner.disc_ddp)]
-    ddps = [m for m in ddps if hasattr(m, "no_sync")]
+    model_ddp, disc_ddp = (getattr(m, "_orig_mod", m) for m in (runner.model_ddp, runner.disc_ddp))  # under compile
 
     def local_step(i: int) -> None:
-        with ddps[0].no_sync(), ddps[1].no_sync():
+        with model_ddp.no_sync(), disc_ddp.no_sync():
             step(i)
 
     for i in range(3):  # the first unsynchronised steps may rebuild DDP's buckets

@@ -27,7 +27,6 @@ CURVE_KEYS = ["train/loss_recon", "train/loss_kl", "train/loss_g_adv", "train/lo
 SCHEDULE_KEYS = ["train/lr_gen", "train/lr_disc", "train/lambda_kl"]
 
 
-
 def scaling_table(paths: list[Path]) -> str:
     """One line per (row, world size), rows in the order of the first file; efficiency against world size 1."""
     by_world: dict[int, dict[str, dict]] = {}
