@@ -10,8 +10,9 @@ usage:
   python benchmarks/bench_step.py --rows launcher-fp32,launcher-bf16 --json out.json
   python benchmarks/bench_step.py --preset launcher --set batch_size=16 --set precision=bf16
   torchrun --nproc_per_node=2 benchmarks/bench_step.py --rows launcher-bf16     (DDP; rank 0 reports)
-Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile|-autotune|-nocompile][-eager][-nocl][-ckpt][-gbv][-static][-bucket<MB>]`
+Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile|-autotune|-nocompile][-eager][-nocl][-ckpt][-notap][-mb<percent>][-gbv][-static][-bucket<MB>]`
 (the `launcher` preset compiles: `-nocompile` for eager kernels; `-eager`: no CUDA-graph capture of the step; `-nocl`: no channels-last frames; `-ckpt`: activation checkpointing;
+ `-notap`: fp32 output conv by cuDNN; `-mb50`: torch.compile's activation memory budget 0.5;
  under torchrun, `-gbv`, `-static`, `-bucket<MB>`: DDP's gradient_as_bucket_view, static_graph, bucket_cap_mb).
 """
 from __future__ import annotations
@@ -31,11 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from wubugen.config import build_config  # noqa: E402
 from wubugen.models.discriminator import build_discriminator  # noqa: E402
-from wubugen.models.layers import to_channels_last  # noqa: E402
 from wubugen.models.vaegan import build_model  # noqa: E402
 from wubugen.train.optim import apply_lr_momentum_scales, build_optimizer  # noqa: E402
 from wubugen.train.qcontrol import LRMomentumController  # noqa: E402
-from wubugen.train.step import LOSS_KEYS, StepRunner, compile_player, resolve_precision  # noqa: E402
+from wubugen.train.step import LOSS_KEYS, StepRunner, compile_player, resolve_precision, speed_layout  # noqa: E402
 
 
 def parse_row(name: str) -> tuple[str, dict]:
@@ -75,6 +75,10 @@ def parse_row(name: str) -> tuple[str, dict]:
             over.setdefault("_ddp", {})["static_graph"] = True
         elif p.startswith("bucket") and p[6:].isdigit():  # DDP: bucket size in MB (default 25)
             over.setdefault("_ddp", {})["bucket_cap_mb"] = int(p[6:])
+        elif p == "notap":  # fp32: the generator's output conv stays cuDNN's (not taps: models/tapconv.py)
+            over["tap_convs"] = False
+        elif p.startswith("mb") and p[2:].isdigit():  # torch.compile's activation memory budget, in percent
+            over["_mem_budget"] = int(p[2:]) / 100
         elif p == "cwubu":  # compile only the WuBu stacks (the many small hyperbolic ops), convs stay eager
             over["_cwubu"] = True
         else:
@@ -115,9 +119,7 @@ def matmul_peak(device: torch.device) -> float:
 def build(cfg, device, dist_on: bool, ddp_kw: dict | None = None):
     model = build_model(cfg).to(device)
     disc = build_discriminator(cfg).to(device)
-    if cfg.train.channels_last and cfg.train.compile and device.type == "cuda":  # as the trainer does
-        to_channels_last(model)
-        to_channels_last(disc)
+    speed_layout(cfg, model, disc, device, resolve_precision(cfg, device))  # as the trainer does
     model_ddp, disc_ddp = model, disc
     if dist_on:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -230,6 +232,7 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
     over.update(extra)
     flow_mode = over.pop("_flow", None)
     cwubu = over.pop("_cwubu", False)
+    mem_budget = over.pop("_mem_budget", None)
     ddp_kw = over.pop("_ddp", None)
     if flow_mode and "flow_weights" not in over and "optical_flow_net_type" not in over:  # RAFT is built either way
         over["flow_weights"] = random_raft_weights(preset, over)
@@ -238,6 +241,10 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
     cfg = build_config(preset, overrides=over)
     if cfg.train.compile:
         torch._dynamo.reset()  # each row compiles afresh (no dynamic-shape recompiles from an earlier row's sizes)
+        import torch._functorch.config as functorch_config
+
+        # the min-cut partitioner recomputes cheap ops in the backward to keep saved activations under this fraction
+        functorch_config.activation_memory_budget = 1.0 if mem_budget is None else mem_budget
     t_setup = time.perf_counter()
     torch.manual_seed(0)
     model, disc, runner, opt_g, opt_d = build(cfg, device, world > 1, ddp_kw)

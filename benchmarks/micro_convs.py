@@ -1,16 +1,26 @@
-"""Two convolution rewrites tried for the speed issue, timed alone (forward + backward, CUDA events, channels-last):
+"""Convolution rewrites tried for the speed issue, timed alone (forward + backward, CUDA events, channels-last):
 
 * the generator's output conv (64 -> 3 channels, 3x3x3, full resolution) with its weight zero-padded to 8 output
   channels for tensor-core tiles, the extra channels sliced away;
+* the same conv as one matmul (a 1x1x1 conv) and a shifted sum over its 27 taps (models/tapconv.py), eager and
+  compiled (with the tanh that follows it in the generator, against cuDNN's conv + tanh compiled the same way);
 * the discriminator's (3, 4, 4) stride (1, 2, 2) 3-D convs on 3 frames as one 2-D conv over time-stacked channels.
 
-Neither helped on an H100 (docs/benchmarks.md), so neither is in the model; this keeps the measurement repeatable.
-usage: python benchmarks/micro_convs.py
+The padding and the stacked 2-D convs did not help on an H100 (docs/benchmarks.md) and are not in the model; the taps
+won in fp32 only, where the trainer uses them. This keeps the measurements repeatable.
+usage: python benchmarks/micro_convs.py [--only-out]
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from wubugen.models.tapconv import tap_conv3d  # noqa: E402
 
 D_SHAPES = [(8, 3, 64, 256), (8, 64, 128, 128), (8, 128, 256, 64), (8, 256, 512, 32), (8, 512, 512, 16), (8, 512, 512, 8)]
 
@@ -35,6 +45,14 @@ def timed(fn, x: torch.Tensor, w: torch.Tensor, dtype, iters: int = 15) -> float
 
 def out_conv(x, w):
     return F.conv3d(x, w, None, 1, 1)
+
+
+def out_conv_tanh(x, w):
+    return torch.tanh(F.conv3d(x, w, None, 1, 1))
+
+
+def out_tap_tanh(x, w):
+    return torch.tanh(tap_conv3d(x, w))
 
 
 def out_conv_padded(x, w):
@@ -66,7 +84,12 @@ def main() -> None:
         x = torch.randn(4, 64, 3, 256, 256, device="cuda").contiguous(memory_format=cl3).requires_grad_()
         w = torch.randn(3, 64, 3, 3, 3, device="cuda").contiguous(memory_format=cl3).requires_grad_()
         print(f"{name} output conv 64->3: plain {timed(out_conv, x, w, dtype):.3f} ms, "
-              f"padded to 8 {timed(out_conv_padded, x, w, dtype):.3f} ms")
+              f"padded to 8 {timed(out_conv_padded, x, w, dtype):.3f} ms, "
+              f"taps eager {timed(tap_conv3d, x, w, dtype):.3f} ms", flush=True)
+        print(f"{name} output conv 64->3 + tanh, compiled: cuDNN {timed(torch.compile(out_conv_tanh), x, w, dtype):.3f} ms, "
+              f"taps {timed(torch.compile(out_tap_tanh), x, w, dtype):.3f} ms", flush=True)
+        if "--only-out" in sys.argv:
+            continue
         tot = [0.0, 0.0]
         for b, cin, cout, hw in D_SHAPES:
             x = torch.randn(b, cin, 3, hw, hw, device="cuda").contiguous(memory_format=cl3).requires_grad_(cin > 3)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import math
 
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
 from wubugen.config import Config
-from wubugen.models.layers import RegionFiLM, masks_for, maybe_sn, region_boxes, roi_rows
+from wubugen.models.layers import RegionFiLM, masks_for, maybe_sn, region_boxes
+from wubugen.models.roi import roi_align_static, roi_align_taps
 
 
 def _conv_out(size: int, k: int, s: int, p: int) -> int:
@@ -71,8 +71,12 @@ class RegionalDiscriminator(nn.Module):
         super().__init__()
         m, d = cfg.model, cfg.data
         sn = m.disc_apply_spectral_norm
-        self.register_buffer("boxes", region_boxes(m, d.image_w, d.image_h), persistent=False)
         self.patch = m.disc_patch_size
+        # RoIAlign (sampling ratio 2, aligned) over the fixed GAAD boxes as a static gather (models/roi.py)
+        index, weight = roi_align_taps(region_boxes(m, d.image_w, d.image_h), d.image_h, d.image_w,
+                                       (self.patch, self.patch), sampling_ratio=2, aligned=True)
+        self.register_buffer("roi_index", index, persistent=False)  # (R, bins, taps)
+        self.register_buffer("roi_weight", weight.float(), persistent=False)
         layers: list[nn.Module] = []
         cin = d.num_channels
         for cout in m.disc_cnn_channels_2d:
@@ -85,8 +89,8 @@ class RegionalDiscriminator(nn.Module):
     def forward(self, clips: Tensor) -> Tensor:
         b, t, c, h, w = clips.shape
         frames = clips.reshape(b * t, c, h, w)
-        rois = roi_rows(self.boxes, b * t).to(frames.dtype)
-        crops = roi_align(frames, rois, (self.patch, self.patch), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        crops = roi_align_static(frames, self.roi_index, self.roi_weight).to(frames.dtype)
+        crops = crops.reshape(-1, c, self.patch, self.patch)  # (B*T*R, C, p, p)
         feats = self.cnn(crops).mean((2, 3))  # (B*T*R, F)
         return self.head(feats.reshape(b, -1, feats.shape[-1]).mean(1))
 

@@ -15,11 +15,11 @@ import math
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-from torchvision.ops import roi_align
 
 from wubugen.config import Config
 from wubugen.gaad import normalized_boxes
-from wubugen.models.layers import group_norm, masks_for, region_boxes, roi_rows
+from wubugen.models.layers import group_norm, masks_for, region_boxes
+from wubugen.models.roi import roi_align_static, roi_align_taps
 from wubugen.models.wubu import WuBuStack
 
 LOGVAR_RANGE = (-30.0, 20.0)
@@ -86,6 +86,11 @@ class RegionalEncoder(nn.Module):
         else:
             self.roi_size = (m.encoder_pixel_patch_size, m.encoder_pixel_patch_size)
             patch_dim = C * self.roi_size[0] * self.roi_size[1]
+        # RoIAlign (sampling ratio 2, aligned) over the fixed boxes as a static gather (models/roi.py); the pixel-patch
+        # mode is the same op on the frames
+        index, weight = roi_align_taps(boxes, H, W, self.roi_size, sampling_ratio=2, aligned=True)
+        self.register_buffer("roi_index", index, persistent=False)  # (R, bins, taps)
+        self.register_buffer("roi_weight", weight.float(), persistent=False)
         self.patch_embed = nn.Linear(patch_dim, m.encoder_initial_tangent_dim)
         stack_kw = dict(dropout=m.wubu_dropout, boundary_points=m.wubu_boundary_points,
                         hidden_ratio=m.wubu_combiner_hidden_ratio, euclidean=m.wubu_euclidean)
@@ -129,12 +134,9 @@ class RegionalEncoder(nn.Module):
         return shallow, self.down(padded)
 
     def region_tokens(self, shallow: Tensor, frames: Tensor) -> Tensor:
-        """One batched RoIAlign over all frames and regions. -> (B*T, R, patch_dim)"""
-        n = shallow.shape[0]
-        rois = roi_rows(self.boxes, n).to(shallow.dtype)
+        """One RoIAlign over all frames and regions. -> (B*T, R, patch_dim)"""
         src = shallow if self.use_roi_align else frames
-        patches = roi_align(src, rois, self.roi_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-        return patches.reshape(n, self.num_regions, -1)
+        return roi_align_static(src, self.roi_index, self.roi_weight)
 
     def forward(self, frames: Tensor, motion: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         b, t, c, hh, ww = frames.shape

@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from wubugen.config import Config
 from wubugen.models.encoder import latent_grid
 from wubugen.models.layers import RegionFiLM, crop_to, group_norm, masks_for, region_boxes
+from wubugen.models.tapconv import TapConv3d
 
 MAX_CHANNELS = 512
 
@@ -75,7 +76,7 @@ class Generator(nn.Module):
             self.norms.append(group_norm(chans[i + 1]))
             self.films.append(film(chans[i + 1], i + 1))
         self.act = nn.GELU()
-        self.out = nn.Conv3d(chans[-1], d.num_channels, (kt, ks, ks), 1, (kt // 2, ks // 2, ks // 2))
+        self.out = TapConv3d(chans[-1], d.num_channels, (kt, ks, ks))
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         if not self.spatial:

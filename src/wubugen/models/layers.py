@@ -79,9 +79,3 @@ def crop_to(x: Tensor, height: int, width: int) -> Tensor:
     """Keep the top-left height x width of the last two dims (decoders produce ceil-multiples of the stride)."""
     return x[..., :height, :width]
 
-
-def roi_rows(boxes: Tensor, n_images: int) -> Tensor:
-    """RoIs for torchvision.ops.roi_align: every box on every image. (R, 4) -> (n_images * R, 5) [image index, box]."""
-    r = boxes.shape[0]
-    idx = torch.arange(n_images, dtype=boxes.dtype, device=boxes.device).repeat_interleave(r)[:, None]
-    return torch.cat([idx, boxes.repeat(n_images, 1)], 1)

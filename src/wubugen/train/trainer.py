@@ -28,7 +28,6 @@ from wubugen.errors import UserError
 from wubugen.eval.loop import metric_pass
 from wubugen.eval.metrics import is_better, load_lpips, lpips_unavailable_message
 from wubugen.models.discriminator import build_discriminator
-from wubugen.models.layers import to_channels_last
 from wubugen.models.vaegan import build_model
 from wubugen.track import build_tracker
 from wubugen.track.media import clip_grid, save_clips
@@ -37,7 +36,8 @@ from wubugen.train import checkpoint as ckpt
 from wubugen.train.distributed import DistInfo, all_reduce_sum, barrier
 from wubugen.train.optim import apply_lr_momentum_scales, build_optimizer
 from wubugen.train.qcontrol import LambdaKLController, LRMomentumController
-from wubugen.train.step import EMA, LOSS_KEYS, StepRunner, compile_player, ema_state_by_name, resolve_precision
+from wubugen.train.step import (EMA, LOSS_KEYS, StepRunner, compile_player, ema_state_by_name, resolve_precision,
+                                speed_layout)
 
 HIGHER_IS_BETTER = {"avg_val_psnr": True, "avg_val_ssim": True, "avg_val_recon_mse": False, "avg_val_lpips": False}
 
@@ -91,11 +91,7 @@ class Trainer:
         set_seed(t.seed)
         self.model = build_model(cfg).to(device)
         self.disc = build_discriminator(cfg).to(device)
-        # channels-last weights only under torch.compile: there they save cuDNN layout conversions (bf16 28.9 vs 29.6 ms on
-        # an H100); eagerly, GroupNorm's channels-last CUDA kernel made the step slower (56.1 vs 46.3 ms, docs/benchmarks.md)
-        if t.channels_last and t.compile and device.type == "cuda":  # before DDP, EMA and the optimizers copy or bucket them
-            to_channels_last(self.model)
-            to_channels_last(self.disc)
+        speed_layout(cfg, self.model, self.disc, device, self.precision)  # before DDP, EMA and the optimizers see them
         self.model_ddp: nn.Module = self.model
         self.disc_ddp: nn.Module = self.disc
         if dist.enabled:
