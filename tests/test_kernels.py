@@ -104,3 +104,36 @@ def test_regional_discriminator_crops_are_torchvisions():
     ref = roi_align(frames, rois, (p, p), 1.0, 2, True)
     got = roi_align_static(frames, disc.roi_index, disc.roi_weight.double()).reshape(-1, c, p, p)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)  # the module keeps its weights in float32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_kernels_on_cuda_channels_last():
+    """On the GPU, in the layouts the compiled step uses: taps vs cuDNN (TF32 off: both exact fp32) and the static
+    RoIAlign vs torchvision's CUDA kernel, forward and backward."""
+    dev = torch.device("cuda")
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        torch.manual_seed(0)
+        x = torch.randn(2, 16, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+        w = torch.randn(3, 16, 3, 3, 3, device=dev).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+        ref, out = F.conv3d(x, w, None, 1, 1), tap_conv3d(x, w)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+        g = torch.randn_like(ref)
+        for a, b in zip(torch.autograd.grad(out, (x, w), g), torch.autograd.grad(ref, (x, w), g)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-3)
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+    h, w_ = 37, 50
+    boxes = _boxes(h, w_).float()
+    feat = torch.randn(3, 8, h, w_, device=dev).contiguous(memory_format=torch.channels_last).requires_grad_()
+    r = boxes.shape[0]
+    rois = torch.cat([torch.arange(3.0).repeat_interleave(r)[:, None], boxes.repeat(3, 1)], 1).to(dev)
+    ref = roi_align(feat, rois, (4, 4), 1.0, 2, True).reshape(3, r, -1)
+    index, weight = roi_align_taps(boxes, h, w_, (4, 4), 2, True)
+    out = roi_align_static(feat, index.to(dev), weight.float().to(dev))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, feat, g)[0], torch.autograd.grad(ref, feat, g)[0],
+                               rtol=1e-5, atol=1e-5)
