@@ -102,7 +102,7 @@ def test_regional_discriminator_crops_are_torchvisions():
     rois = torch.cat([torch.arange(b * t, dtype=torch.float64).repeat_interleave(r)[:, None], boxes.repeat(b * t, 1)], 1)
     p = disc.patch
     ref = roi_align(frames, rois, (p, p), 1.0, 2, True)
-    got = roi_align_static(frames, disc.roi_index, disc.roi_weight.double()).reshape(-1, c, p, p)
+    got = disc.roi(frames).reshape(-1, c, p, p)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)  # the module keeps its weights in float32
 
 
@@ -137,3 +137,23 @@ def test_kernels_on_cuda_channels_last():
     g = torch.randn_like(ref)
     torch.testing.assert_close(torch.autograd.grad(out, feat, g)[0], torch.autograd.grad(ref, feat, g)[0],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_static_roi_align_module_bf16_and_compiled():
+    """The module's backward returns the input's dtype (bf16 maps under autocast), and torch.compile traces its
+    autograd.Function whole (fullgraph) with the same values and gradients."""
+    from wubugen.models.roi import StaticRoIAlign
+
+    h, w = 20, 24
+    roi = StaticRoIAlign(_boxes(h, w).float(), h, w, (4, 4))
+    feat = torch.randn(2, 6, h, w, dtype=torch.bfloat16, requires_grad=True)
+    roi(feat).float().square().sum().backward()
+    assert feat.grad.dtype == torch.bfloat16 and torch.isfinite(feat.grad.float()).all()
+
+    feat = torch.randn(2, 6, h, w).contiguous(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn(2, roi.index.shape[0], 6 * 16)
+    want = torch.autograd.grad((roi(feat) * g).sum(), feat)[0]
+    compiled = torch.compile(roi, fullgraph=True)
+    out = compiled(feat)
+    torch.testing.assert_close(out, roi(feat))
+    torch.testing.assert_close(torch.autograd.grad((out * g).sum(), feat)[0], want)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from wubugen.config import Config
 from wubugen.models.layers import RegionFiLM, masks_for, maybe_sn, region_boxes
-from wubugen.models.roi import roi_align_static, roi_align_taps
+from wubugen.models.roi import StaticRoIAlign
 
 
 def _conv_out(size: int, k: int, s: int, p: int) -> int:
@@ -73,10 +73,7 @@ class RegionalDiscriminator(nn.Module):
         sn = m.disc_apply_spectral_norm
         self.patch = m.disc_patch_size
         # RoIAlign (sampling ratio 2, aligned) over the fixed GAAD boxes as a static gather (models/roi.py)
-        index, weight = roi_align_taps(region_boxes(m, d.image_w, d.image_h), d.image_h, d.image_w,
-                                       (self.patch, self.patch), sampling_ratio=2, aligned=True)
-        self.register_buffer("roi_index", index, persistent=False)  # (R, bins, taps)
-        self.register_buffer("roi_weight", weight.float(), persistent=False)
+        self.roi = StaticRoIAlign(region_boxes(m, d.image_w, d.image_h), d.image_h, d.image_w, (self.patch, self.patch))
         layers: list[nn.Module] = []
         cin = d.num_channels
         for cout in m.disc_cnn_channels_2d:
@@ -89,7 +86,7 @@ class RegionalDiscriminator(nn.Module):
     def forward(self, clips: Tensor) -> Tensor:
         b, t, c, h, w = clips.shape
         frames = clips.reshape(b * t, c, h, w)
-        crops = roi_align_static(frames, self.roi_index, self.roi_weight).to(frames.dtype)
+        crops = self.roi(frames).to(frames.dtype)
         crops = crops.reshape(-1, c, self.patch, self.patch)  # (B*T*R, C, p, p)
         feats = self.cnn(crops).mean((2, 3))  # (B*T*R, F)
         return self.head(feats.reshape(b, -1, feats.shape[-1]).mean(1))

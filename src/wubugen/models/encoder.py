@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from wubugen.config import Config
 from wubugen.gaad import normalized_boxes
 from wubugen.models.layers import group_norm, masks_for, region_boxes
-from wubugen.models.roi import roi_align_static, roi_align_taps
+from wubugen.models.roi import StaticRoIAlign
 from wubugen.models.wubu import WuBuStack
 
 LOGVAR_RANGE = (-30.0, 20.0)
@@ -88,9 +88,7 @@ class RegionalEncoder(nn.Module):
             patch_dim = C * self.roi_size[0] * self.roi_size[1]
         # RoIAlign (sampling ratio 2, aligned) over the fixed boxes as a static gather (models/roi.py); the pixel-patch
         # mode is the same op on the frames
-        index, weight = roi_align_taps(boxes, H, W, self.roi_size, sampling_ratio=2, aligned=True)
-        self.register_buffer("roi_index", index, persistent=False)  # (R, bins, taps)
-        self.register_buffer("roi_weight", weight.float(), persistent=False)
+        self.roi = StaticRoIAlign(boxes, H, W, self.roi_size, sampling_ratio=2)
         self.patch_embed = nn.Linear(patch_dim, m.encoder_initial_tangent_dim)
         stack_kw = dict(dropout=m.wubu_dropout, boundary_points=m.wubu_boundary_points,
                         hidden_ratio=m.wubu_combiner_hidden_ratio, euclidean=m.wubu_euclidean)
@@ -136,7 +134,7 @@ class RegionalEncoder(nn.Module):
     def region_tokens(self, shallow: Tensor, frames: Tensor) -> Tensor:
         """One RoIAlign over all frames and regions. -> (B*T, R, patch_dim)"""
         src = shallow if self.use_roi_align else frames
-        return roi_align_static(src, self.roi_index, self.roi_weight)
+        return self.roi(src)
 
     def forward(self, frames: Tensor, motion: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         b, t, c, hh, ww = frames.shape

@@ -6,12 +6,12 @@ weights are built once (`roi_align_taps`); `roi_align_static` then reads just th
 map has. torchvision's CUDA kernel needs a contiguous NCHW map: on channels-last features it copied the encoder's
 full-resolution map (52 x 32 x 256 x 256 at the launcher settings, 416 MiB in fp32) every step and converted its
 gradient back, 1.4 ms of a 42 ms compiled fp32 step on an H100 (docs/benchmarks.md). The backward here is a scatter-add
-of the same few values.
+of the same few values, in a fixed order (no atomic adds).
 """
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def _axis_weights(start: Tensor, bin_size: Tensor, pooled: int, grid: int, size: int):
@@ -61,18 +61,99 @@ def roi_align_taps(boxes: Tensor, height: int, width: int, output_size: tuple[in
     return index.reshape(r, oh * ow, g * g * 4), weight.reshape(r, oh * ow, g * g * 4)
 
 
-def roi_align_static(feat: Tensor, index: Tensor, weight: Tensor) -> Tensor:
-    """RoIAlign of every frame over the same boxes, from `roi_align_taps`.
+def transpose_taps(index: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The adjoint of a tap map, for a backward pass without atomic adds: every pixel some bin reads, the bins that read
+    it and their summed weights. index/weight (R, bins, taps) -> pixels (P,) sorted, bin_index (P, M) into the R * bins
+    flattened bins, bin_weight (P, M), M = the most bins that read one pixel, unused slots weight 0 (bin 0)."""
+    r, nb, nt = index.shape
+    n_bins = r * nb
+    bins = torch.arange(n_bins).repeat_interleave(nt)
+    pix, w = index.flatten(), weight.flatten()
+    keep = w != 0
+    key = pix[keep] * n_bins + bins[keep]  # one entry per (pixel, bin), sorted by pixel then bin
+    uniq, inv = torch.unique(key, return_inverse=True)
+    wsum = torch.zeros(uniq.numel(), dtype=w.dtype).index_add_(0, inv, w[keep])
+    upix, ubin = uniq // n_bins, uniq % n_bins
+    pixels, counts = torch.unique_consecutive(upix, return_counts=True)
+    m = int(counts.max()) if counts.numel() else 1
+    row = torch.repeat_interleave(torch.arange(pixels.numel()), counts)
+    slot = torch.arange(uniq.numel()) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    bin_index = torch.zeros(pixels.numel(), m, dtype=torch.long)
+    bin_weight = torch.zeros(pixels.numel(), m, dtype=w.dtype)
+    bin_index[row, slot] = ubin
+    bin_weight[row, slot] = wsum
+    return pixels, bin_index, bin_weight
+
+
+def _weighted_gather(v: Tensor, dim: int, index: Tensor, weight: Tensor) -> Tensor:
+    """out[..., j, ...] = sum_t weight[j, t] * v[..., index[j, t], ...] along `dim` (1 or 2 of a 3-D tensor)."""
+    j, t = index.shape
+    taps = v.index_select(dim, index.flatten())
+    if dim == 1:  # (N, J*T, C)
+        return (taps.view(v.shape[0], j, t, v.shape[2]) * weight[:, :, None]).sum(2)  # (N, J, C)
+    return (taps.view(v.shape[0], v.shape[1], j, t) * weight).sum(3)  # (N, C, J)
+
+
+class _StaticRoIAlign(torch.autograd.Function):
+    """v (N, HW, C) [dim 1] or (N, C, HW) [dim 2] -> bins (N, R*bins, C) or (N, C, R*bins). The backward gathers each
+    read pixel's bins in a fixed order (`transpose_taps`) and writes every pixel once: deterministic, unlike the
+    scatter-add of index_select's own backward (atomic adds; GPU runs of one seed then differ in the last bits)."""
+
+    @staticmethod
+    def forward(v, dim, index, weight, pixels, bin_index, bin_weight):
+        return _weighted_gather(v, dim, index.flatten(0, 1), weight.flatten(0, 1))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        v, dim, _, _, pixels, bin_index, bin_weight = inputs
+        ctx.dim, ctx.shape, ctx.dtype = dim, v.shape, v.dtype
+        ctx.save_for_backward(pixels, bin_index, bin_weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        pixels, bin_index, bin_weight = ctx.saved_tensors
+        at_pixels = _weighted_gather(grad, ctx.dim, bin_index, bin_weight.to(grad.dtype))
+        out = at_pixels.new_zeros(ctx.shape).index_copy(ctx.dim, pixels, at_pixels).to(ctx.dtype)
+        return out, None, None, None, None, None, None
+
+
+def roi_align_static(feat: Tensor, index: Tensor, weight: Tensor,
+                     adjoint: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+    """RoIAlign of every frame over the same boxes, from `roi_align_taps` (and its `transpose_taps`, built here when
+    not given).
 
     feat (N, C, H, W) in either memory layout, index/weight (R, bins, taps) -> (N, R, C * bins), each region's patch
     flattened in (C, oh, ow) order, as torchvision's output (N * R, C, oh, ow) reshaped would be."""
     n, c = feat.shape[:2]
-    r, nb, nt = index.shape
+    r, nb, _ = index.shape
+    pixels, bin_index, bin_weight = adjoint if adjoint is not None else transpose_taps(index.cpu(), weight.cpu())
+    if adjoint is None:
+        pixels, bin_index, bin_weight = pixels.to(feat.device), bin_index.to(feat.device), bin_weight.to(feat.device)
     if feat.is_contiguous(memory_format=torch.channels_last) and not feat.is_contiguous():
         # (N, H*W, C) is a view of a channels-last map: gather whole pixels, contiguous over C
-        taps = feat.permute(0, 2, 3, 1).reshape(n, -1, c).index_select(1, index.flatten())  # (N, R*bins*taps, C)
-        bins = (taps.view(n, r, nb, nt, c) * weight[..., None]).sum(3)  # (N, R, bins, C)
-        return bins.transpose(2, 3).reshape(n, r, c * nb)
-    taps = feat.reshape(n, c, -1).index_select(2, index.flatten())  # (N, C, R*bins*taps)
-    bins = (taps.view(n, c, r, nb, nt) * weight).sum(4)  # (N, C, R, bins)
-    return bins.transpose(1, 2).reshape(n, r, c * nb)
+        v = feat.permute(0, 2, 3, 1).reshape(n, -1, c)
+        bins = _StaticRoIAlign.apply(v, 1, index, weight, pixels, bin_index, bin_weight)  # (N, R*bins, C)
+        return bins.view(n, r, nb, c).transpose(2, 3).reshape(n, r, c * nb)
+    v = feat.reshape(n, c, -1)
+    bins = _StaticRoIAlign.apply(v, 2, index, weight, pixels, bin_index, bin_weight)  # (N, C, R*bins)
+    return bins.view(n, c, r, nb).transpose(1, 2).reshape(n, r, c * nb)
+
+
+class StaticRoIAlign(nn.Module):
+    """torchvision.ops.roi_align(feat, every box on every frame, output_size, spatial_scale=1, sampling_ratio,
+    aligned=True) for boxes fixed at build time. feat (N, C, H, W) -> (N, R, C * oh * ow). No parameters; its tables
+    are non-persistent buffers (checkpoints do not carry them)."""
+
+    def __init__(self, boxes: Tensor, height: int, width: int, output_size: tuple[int, int], sampling_ratio: int = 2):
+        super().__init__()
+        index, weight = roi_align_taps(boxes, height, width, output_size, sampling_ratio, aligned=True)
+        pixels, bin_index, bin_weight = transpose_taps(index, weight)
+        # 3-D and 2-D tables: to_channels_last (4-D/5-D only) leaves them alone
+        self.register_buffer("index", index, persistent=False)  # (R, bins, taps)
+        self.register_buffer("weight", weight.float(), persistent=False)
+        self.register_buffer("pixels", pixels, persistent=False)  # (P,)
+        self.register_buffer("bin_index", bin_index, persistent=False)  # (P, M)
+        self.register_buffer("bin_weight", bin_weight.float(), persistent=False)
+
+    def forward(self, feat: Tensor) -> Tensor:
+        return roi_align_static(feat, self.index, self.weight, (self.pixels, self.bin_index, self.bin_weight))
