@@ -26,6 +26,8 @@ def test_row_names_parse_into_config_overrides():
                                                                         "cuda_graphs": False}
     assert bench_step.parse_row("launcher-bf16-gbv-static-bucket100")[1] == {
         "precision": "bf16", "_ddp": {"gradient_as_bucket_view": True, "static_graph": True, "bucket_cap_mb": 100}}
+    assert bench_step.parse_row("launcher-fp32-notap-mb50")[1] == {"precision": "fp32", "tap_convs": False,
+                                                                   "_mem_budget": 0.5}
 
 
 def test_memory_probe_finds_the_live_blocks_at_the_peak():
