@@ -64,7 +64,6 @@ class RegionalEncoder(nn.Module):
         self.checkpointing = cfg.train.activation_checkpointing
 
         boxes = region_boxes(m, W, H)
-        self.register_buffer("boxes", boxes, persistent=False)
         self.register_buffer("box_features", normalized_boxes(boxes, W, H), persistent=False)  # (R, 4)
         self.num_regions = boxes.shape[0]
 

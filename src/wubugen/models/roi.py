@@ -5,8 +5,9 @@ every output bin averages `sampling_ratio`^2 bilinear samples, each a weighted s
 weights are built once (`roi_align_taps`); `roi_align_static` then reads just those pixels, in whatever memory layout the
 map has. torchvision's CUDA kernel needs a contiguous NCHW map: on channels-last features it copied the encoder's
 full-resolution map (52 x 32 x 256 x 256 at the launcher settings, 416 MiB in fp32) every step and converted its
-gradient back, 1.4 ms of a 42 ms compiled fp32 step on an H100 (docs/benchmarks.md). The backward here is a scatter-add
-of the same few values, in a fixed order (no atomic adds).
+gradient back, 1.4 ms of a 42 ms compiled fp32 step on an H100 (docs/benchmarks.md). The backward reads the table's
+adjoint (`transpose_taps`, also built once): every pixel some bin reads gathers those bins in a fixed order and is
+written once, with no atomic adds, so it is deterministic.
 """
 from __future__ import annotations
 
@@ -126,9 +127,9 @@ def roi_align_static(feat: Tensor, index: Tensor, weight: Tensor,
     flattened in (C, oh, ow) order, as torchvision's output (N * R, C, oh, ow) reshaped would be."""
     n, c = feat.shape[:2]
     r, nb, _ = index.shape
-    pixels, bin_index, bin_weight = adjoint if adjoint is not None else transpose_taps(index.cpu(), weight.cpu())
     if adjoint is None:
-        pixels, bin_index, bin_weight = pixels.to(feat.device), bin_index.to(feat.device), bin_weight.to(feat.device)
+        adjoint = tuple(t.to(feat.device) for t in transpose_taps(index.cpu(), weight.cpu()))
+    pixels, bin_index, bin_weight = adjoint
     if feat.is_contiguous(memory_format=torch.channels_last) and not feat.is_contiguous():
         # (N, H*W, C) is a view of a channels-last map: gather whole pixels, contiguous over C
         v = feat.permute(0, 2, 3, 1).reshape(n, -1, c)

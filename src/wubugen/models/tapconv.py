@@ -7,8 +7,9 @@ cuDNN is slow on a full-resolution conv with 3 output channels (the generator's 
     out[p, o]  = sum_k y[p + offset_k - pad, k, o]   a shifted sum over the K kernel taps (zero outside)
 
 The matmul (a 1x1x1 convolution) streams x once at full matrix rate; the shifted sum reads K*C_out values per output
-pixel (27 * 3 = 81 for a 3x3x3 kernel), a memory-bound kernel inductor fuses with the bias and whatever follows. The backward is the same two
-steps transposed (a shifted gather of the output gradient, then two matmuls), never a col2im scatter.
+pixel (27 * 3 = 81 for a 3x3x3 kernel), a memory-bound kernel inductor fuses with the bias and whatever follows. The
+backward is the same two steps transposed (a shifted gather of the output gradient, then two matmuls), never a col2im
+scatter.
 """
 from __future__ import annotations
 
