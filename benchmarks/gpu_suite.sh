@@ -3,6 +3,7 @@
 # GPUs, and the loader on the GPU host. Results go to $OUT (default ./bench_out), one JSON per section.
 #
 #   bash benchmarks/gpu_suite.sh [tests] [step] [compile] [mfu] [autotune] [motionraw] [scaling] [ddp] [loader]     (no argument: these)
+#   bash benchmarks/gpu_suite.sh kernels     (the fp32 output conv: taps against cuDNN alone and in the step; copies)
 #   bash benchmarks/gpu_suite.sh ddpscale ddpcurve     (issue 7, on a machine with 4 or 8 GPUs: DDP on 1, 2, 4, 8 GPUs)
 #
 # ddpscale: bench_step rows (bf16, eager kernels, equal per-GPU batch; DDP_ROWS overrides) on 1 GPU, then under torchrun
@@ -25,7 +26,10 @@ git log --oneline -1 >> "$OUT/gpu.txt" 2>/dev/null
 one() { CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} "$@"; }
 for s in $sections; do
   case $s in
-    tests) one timeout 300 python3 -m pytest -q -m gpu tests/test_cuda_graphs.py -p no:cacheprovider 2>&1 | tail -5 ;;
+    tests) one timeout 300 python3 -m pytest -q -m gpu tests/ -p no:cacheprovider 2>&1 | tail -5 ;;
+    kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
+         one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap
+         one timeout 300 python3 benchmarks/probe_copies.py --precision bf16 | tee "$OUT/copies_bf16.txt" ;;
     step) one timeout 300 python3 $B --json "$OUT/step.json" --rows \
         launcher-fp32-nocompile-eager,launcher-bf16-nocompile-eager,launcher-fp32-nocompile,launcher-bf16-nocompile,launcher-fp32-nocompile-ckpt,launcher-bf16-nocompile-ckpt ;;
     compile) one timeout 600 python3 $B --json "$OUT/compile.json" --rows \
