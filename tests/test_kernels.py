@@ -9,7 +9,7 @@ from wubugen.config import build_config
 from wubugen.gaad import gaad_boxes
 from wubugen.inspect_cmd import random_clip
 from wubugen.models.discriminator import build_discriminator
-from wubugen.models.roi import roi_align_static, roi_align_taps
+from wubugen.models.roi import roi_align_static, roi_align_taps, transpose_taps
 from wubugen.models.tapconv import TapConv3d, set_tap_convs, tap_conv3d
 from wubugen.models.vaegan import build_model
 
@@ -75,7 +75,7 @@ def test_static_roi_align_equals_torchvision(aligned, sampling_ratio, channels_l
     rois = torch.cat([torch.arange(n, dtype=torch.float64).repeat_interleave(r)[:, None], boxes.repeat(n, 1)], 1)
     ref = roi_align(feat, rois, (4, 3), 1.0, sampling_ratio, aligned).reshape(n, r, -1)
     index, weight = roi_align_taps(boxes, h, w, (4, 3), sampling_ratio, aligned)
-    out = roi_align_static(feat, index, weight)
+    out = roi_align_static(feat, index, weight, transpose_taps(index, weight))
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     g = torch.randn_like(ref)
     torch.testing.assert_close(torch.autograd.grad(out, feat, g)[0], torch.autograd.grad(ref, feat, g)[0],
@@ -132,7 +132,8 @@ def test_kernels_on_cuda_channels_last():
     rois = torch.cat([torch.arange(3.0).repeat_interleave(r)[:, None], boxes.repeat(3, 1)], 1).to(dev)
     ref = roi_align(feat, rois, (4, 4), 1.0, 2, True).reshape(3, r, -1)
     index, weight = roi_align_taps(boxes, h, w_, (4, 4), 2, True)
-    out = roi_align_static(feat, index.to(dev), weight.float().to(dev))
+    adjoint = tuple(t.to(dev) for t in transpose_taps(index, weight.float()))
+    out = roi_align_static(feat, index.to(dev), weight.float().to(dev), adjoint)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(ref)
     torch.testing.assert_close(torch.autograd.grad(out, feat, g)[0], torch.autograd.grad(ref, feat, g)[0],

@@ -33,7 +33,7 @@ def _axis_weights(start: Tensor, bin_size: Tensor, pooled: int, grid: int, size:
 
 
 def roi_align_taps(boxes: Tensor, height: int, width: int, output_size: tuple[int, int], sampling_ratio: int,
-                   aligned: bool = True, spatial_scale: float = 1.0) -> tuple[Tensor, Tensor]:
+                   aligned: bool = True) -> tuple[Tensor, Tensor]:
     """The pixels and weights of torchvision.ops.roi_align for fixed boxes on a height x width map.
 
     boxes (R, 4) as (x1, y1, x2, y2) -> index (R, oh * ow, K) int64 into the flattened map (y * width + x) and weight
@@ -42,7 +42,7 @@ def roi_align_taps(boxes: Tensor, height: int, width: int, output_size: tuple[in
     if sampling_ratio <= 0:
         raise ValueError("roi_align_taps needs a fixed sampling_ratio > 0 (the adaptive grid varies per box)")
     oh, ow = output_size
-    b = boxes.to(torch.float64) * spatial_scale - (0.5 if aligned else 0.0)
+    b = boxes.to(torch.float64) - (0.5 if aligned else 0.0)  # boxes in the map's pixels (spatial_scale 1)
     x1, y1, x2, y2 = b.unbind(1)
     rw, rh = x2 - x1, y2 - y1
     if not aligned:  # torchvision forces malformed RoIs to 1x1 in the legacy mode
@@ -118,17 +118,13 @@ class _StaticRoIAlign(torch.autograd.Function):
         return out, None, None, None, None, None, None
 
 
-def roi_align_static(feat: Tensor, index: Tensor, weight: Tensor,
-                     adjoint: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
-    """RoIAlign of every frame over the same boxes, from `roi_align_taps` (and its `transpose_taps`, built here when
-    not given).
+def roi_align_static(feat: Tensor, index: Tensor, weight: Tensor, adjoint: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    """RoIAlign of every frame over the same boxes, from `roi_align_taps` and its `transpose_taps` (the adjoint).
 
     feat (N, C, H, W) in either memory layout, index/weight (R, bins, taps) -> (N, R, C * bins), each region's patch
     flattened in (C, oh, ow) order, as torchvision's output (N * R, C, oh, ow) reshaped would be."""
     n, c = feat.shape[:2]
     r, nb, _ = index.shape
-    if adjoint is None:
-        adjoint = tuple(t.to(feat.device) for t in transpose_taps(index.cpu(), weight.cpu()))
     pixels, bin_index, bin_weight = adjoint
     if feat.is_contiguous(memory_format=torch.channels_last) and not feat.is_contiguous():
         # (N, H*W, C) is a view of a channels-last map: gather whole pixels, contiguous over C
