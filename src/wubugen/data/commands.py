@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo = sub.add_parser(
         "demo", help="write the synthetic demo footage (the default training data) to a folder",
         description="Render the synthetic footage that `wubugen train` uses when no --video_data_path is given: "
-                    "--demo_num_clips clips of --demo_clip_frames frames at --image_h x --image_w, as MP4 files.",
+                    "--demo_num_clips clips of --demo_clip_frames frames at --image_h x --image_w, as folders of "
+                    "numbered PNG frames (lossless: the same bytes on every machine).",
     )
     demo.add_argument("out", metavar="OUT", help="folder to create (must be empty or new)")
     add_config_arguments(demo, only=("data",))

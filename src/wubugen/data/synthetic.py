@@ -5,11 +5,14 @@ polygons, stars) with their own textures (stripes, checks, rings, gradients), si
 64 px), spins, and bounces off the frame edges; shapes are drawn in a fixed depth order, so they occlude each other when
 they cross. Edges are anti-aliased. Everything follows from the seed.
 
-Clips are written as H.264 yuv444p MP4 (full colour resolution, any frame size) at near-lossless quality and then read
-through the same pipeline as user footage.
+The footage must be the same bytes on every machine, thread count and library build, because tests and the quickstart's
+figures are built on it. So it is rendered in float64 NumPy arithmetic only (no OpenCV, whose SIMD and threaded kernels
+differ between builds), quantised once at the end, and written losslessly as PNG frame folders (no video codec: x264's
+output depends on its thread count). The folders are read through the same pipeline as user footage.
 """
 from __future__ import annotations
 
+import colorsys
 import hashlib
 import json
 import os
@@ -19,27 +22,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
+from PIL import Image
 
-from wubugen.data.video_io import write_video
 from wubugen.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from wubugen.config import Config
 
-DEMO_VERSION = 1  # bump when the renderer changes
+DEMO_VERSION = 2  # bump when the renderer or the output format changes (2: float64, PNG frames)
 DEMO_SEED = 0
-DEMO_FPS = 15.0
 SHAPES = ("ellipse", "rectangle", "triangle", "pentagon", "hexagon", "star")
 TEXTURES = ("solid", "stripes", "checker", "rings", "gradient")
+NOISE_GRID = 6  # background noise: a NOISE_GRID x NOISE_GRID lattice, bicubic-interpolated
 
 
 @dataclass
 class _Shape:
     kind: str
     texture: str
-    c1: np.ndarray  # (3,) float colour
+    c1: np.ndarray  # (3,) float colour, 0-255
     c2: np.ndarray
     radius: float  # px
     aspect: float  # ellipse/rectangle height / width
@@ -51,8 +53,10 @@ class _Shape:
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
-    hsv = np.uint8([[[rng.integers(0, 180), rng.integers(120, 256), rng.integers(110, 256)]]])
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+    """A saturated colour: hue, saturation and value drawn as integers (OpenCV's HSV ranges), converted exactly."""
+    hue, sat, val = int(rng.integers(0, 180)), int(rng.integers(120, 256)), int(rng.integers(110, 256))
+    rgb = colorsys.hsv_to_rgb(hue / 180.0, sat / 255.0, val / 255.0)
+    return np.round(np.array(rgb, dtype=np.float64) * 255.0)
 
 
 def _new_shape(rng: np.random.Generator, h: int, w: int) -> _Shape:
@@ -103,30 +107,67 @@ def _texture(kind: str, u: np.ndarray, v: np.ndarray, freq: float) -> np.ndarray
     return np.clip(0.5 + 0.5 * u, 0, 1)
 
 
-def _background(rng: np.random.Generator, h: int, w: int, margin: int) -> np.ndarray:
-    """Smooth noise in two colours, larger than the frame by `margin` on each side: float32 (h+2m, w+2m, 3)."""
-    big_h, big_w = h + 2 * margin, w + 2 * margin
-    noise = rng.random((6, 6)).astype(np.float32)
-    t = cv2.resize(noise, (big_w, big_h), interpolation=cv2.INTER_CUBIC)[..., None]
-    t = (t - t.min()) / max(1e-6, float(t.max() - t.min()))
+def _cubic_weights(t: np.ndarray) -> np.ndarray:
+    """Catmull-Rom weights of the 4 lattice taps around each fractional position t in [0, 1). -> (..., 4)"""
+    t2, t3 = t * t, t * t * t
+    return 0.5 * np.stack([-t3 + 2 * t2 - t, 3 * t3 - 5 * t2 + 2, -3 * t3 + 4 * t2 + t, t3 - t2], -1)
+
+
+def _bicubic(lattice: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Sample a (G, G) lattice at lattice coordinates ys (h,) x xs (w,), edges clamped. -> (h, w)"""
+    g = lattice.shape[0]
+
+    def taps(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        base = np.floor(c)
+        idx = np.clip(base[:, None].astype(np.int64) + np.arange(-1, 3), 0, g - 1)
+        return idx, _cubic_weights(c - base)
+
+    iy, wy = taps(ys)
+    ix, wx = taps(xs)
+    # explicit weighted sums in a fixed order (no einsum/BLAS, whose summation order varies by build and threads)
+    rows = sum(wy[:, k, None] * lattice[iy[:, k]] for k in range(4))  # along y: (h, G)
+    return sum(wx[None, :, k] * rows[:, ix[:, k]] for k in range(4))  # along x: (h, w)
+
+
+@dataclass
+class _Background:
+    """Smooth noise in two colours over a canvas larger than the frame by `margin` px on each side."""
+
+    lattice: np.ndarray  # (G, G) in [0, 1]
+    dark: np.ndarray  # (3,)
+    light: np.ndarray
+    big_h: int
+    big_w: int
+
+    def view(self, top: float, left: float, h: int, w: int) -> np.ndarray:
+        """The h x w window whose top-left pixel centre is at canvas position (top, left). -> float64 (h, w, 3)"""
+        g = self.lattice.shape[0]
+        ys = (top + np.arange(h)) * (g - 1) / (self.big_h - 1)
+        xs = (left + np.arange(w)) * (g - 1) / (self.big_w - 1)
+        t = np.clip(_bicubic(self.lattice, ys, xs), 0.0, 1.0)[..., None]
+        return self.dark * (1 - t) + self.light * t
+
+
+def _background(rng: np.random.Generator, h: int, w: int, margin: int) -> _Background:
+    noise = rng.random((NOISE_GRID, NOISE_GRID))
+    noise = (noise - noise.min()) / max(1e-6, float(noise.max() - noise.min()))
     dark, light = _colour(rng) * 0.35, _colour(rng) * 0.6
-    return dark * (1 - t) + light * t
+    return _Background(noise, dark, light, h + 2 * margin, w + 2 * margin)
 
 
 def render_clip(rng: np.random.Generator, frames: int, height: int, width: int) -> np.ndarray:
-    """One synthetic clip: uint8 (frames, height, width, 3)."""
+    """One synthetic clip: uint8 (frames, height, width, 3), the same bytes on any machine for the same rng state."""
     pan = rng.uniform(-0.3, 0.3, size=2) * min(height, width) / 64
     margin = int(np.ceil(np.abs(pan).max() * frames)) + 2
     bg = _background(rng, height, width, margin)
     shapes = [_new_shape(rng, height, width) for _ in range(int(rng.integers(3, 6)))]
     out = np.empty((frames, height, width, 3), dtype=np.uint8)
     for t in range(frames):
-        centre = (margin + width / 2 + pan[0] * t - 0.5, margin + height / 2 + pan[1] * t - 0.5)
-        img = cv2.getRectSubPix(bg, (width, height), centre)
+        img = bg.view(margin + pan[1] * t, margin + pan[0] * t, height, width)
         for s in shapes:
             _draw(img, s)
             _step(s, height, width)
-        out[t] = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+        out[t] = np.clip(np.floor(img + 0.5), 0, 255).astype(np.uint8)
     return out
 
 
@@ -137,7 +178,7 @@ def _draw(img: np.ndarray, s: _Shape) -> None:
     y0, y1 = max(0, int(s.pos[1] - reach)), min(h, int(np.ceil(s.pos[1] + reach)) + 1)
     if x0 >= x1 or y0 >= y1:
         return
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
     dx, dy = xx + 0.5 - s.pos[0], yy + 0.5 - s.pos[1]
     ca, sa = np.cos(s.angle), np.sin(s.angle)
     u, v = (ca * dx + sa * dy) / s.radius, (-sa * dx + ca * dy) / s.radius
@@ -156,9 +197,17 @@ def _step(s: _Shape, h: int, w: int) -> None:
             s.vel[axis] = -s.vel[axis]
 
 
+def write_frames(folder: Path, frames: np.ndarray) -> Path:
+    """uint8 (T, H, W, 3) -> folder/frame_00000.png, ... (lossless; Pillow's PNG bytes depend only on the pixels)."""
+    folder.mkdir(parents=True, exist_ok=False)
+    for t, frame in enumerate(frames):
+        Image.fromarray(frame, "RGB").save(folder / f"frame_{t:05d}.png", optimize=False, compress_level=6)
+    return folder
+
+
 def write_demo(out_dir: str | os.PathLike[str], *, num_clips: int, clip_frames: int, height: int, width: int,
-               seed: int = DEMO_SEED, fps: float = DEMO_FPS) -> list[Path]:
-    """Render `num_clips` clips into out_dir/clip_000.mp4, ... and return their paths."""
+               seed: int = DEMO_SEED) -> list[Path]:
+    """Render `num_clips` clips into out_dir/clip_000/, ... (numbered PNG frames) and return their folders."""
     if num_clips < 1 or clip_frames < 1:
         raise UserError(f"demo footage needs at least one clip of one frame, not {num_clips} x {clip_frames}")
     out = Path(out_dir)
@@ -166,11 +215,8 @@ def write_demo(out_dir: str | os.PathLike[str], *, num_clips: int, clip_frames: 
     paths = []
     for i in range(num_clips):
         rng = np.random.default_rng([seed % (1 << 63), i])
-        frames = render_clip(rng, clip_frames, height, width)
-        paths.append(write_video(out / f"clip_{i:03d}.mp4", frames, fps, crf=12, pix_fmt="yuv444p"))
+        paths.append(write_frames(out / f"clip_{i:03d}", render_clip(rng, clip_frames, height, width)))
     return paths
-
-
 def demo_settings(cfg: Config) -> dict[str, int]:
     d = cfg.data
     return {"version": DEMO_VERSION, "clips": d.demo_num_clips, "frames": d.demo_clip_frames, "h": d.image_h,
