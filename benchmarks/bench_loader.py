@@ -66,14 +66,14 @@ def measure(args: argparse.Namespace, size: int, workers: int, cache_dir: str) -
         loader = make_loader(ds, cfg, train=True, epoch=epoch)
         for batch in loader:
             if device is not None:
-                x = to_model_range(batch.to(device, non_blocking=True))
+                x = to_model_range(batch.frames.to(device, non_blocking=True))
                 x.sum().item()  # wait for the copy and the kernel: count only delivered batches
             if warm:
                 warm -= 1
                 if warm == 0:
                     start = time.perf_counter()
                 continue
-            clips += batch.shape[0]
+            clips += batch.frames.shape[0]
             if time.perf_counter() - start >= args.seconds:
                 elapsed = time.perf_counter() - start
                 return {"size": size, "workers": workers, "windows": len(ds), "build_s": build_s,

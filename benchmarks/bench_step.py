@@ -31,11 +31,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from wubugen.config import build_config  # noqa: E402
-from wubugen.models.discriminator import build_discriminator  # noqa: E402
-from wubugen.models.vaegan import build_model  # noqa: E402
-from wubugen.train.optim import apply_lr_momentum_scales, build_optimizer  # noqa: E402
+from wubugen.data.batch import ClipBatch  # noqa: E402
+from wubugen.train.optim import apply_lr_momentum_scales  # noqa: E402
+from wubugen.train.players import build_players  # noqa: E402
 from wubugen.train.qcontrol import LRMomentumController  # noqa: E402
-from wubugen.train.step import LOSS_KEYS, StepRunner, compile_player, resolve_precision, speed_layout  # noqa: E402
+from wubugen.train.step import LOSS_KEYS, StepRunner  # noqa: E402
 
 
 def parse_row(name: str) -> tuple[str, dict]:
@@ -117,26 +117,15 @@ def matmul_peak(device: torch.device) -> float:
 
 
 def build(cfg, device, dist_on: bool, ddp_kw: dict | None = None):
-    model = build_model(cfg).to(device)
-    disc = build_discriminator(cfg).to(device)
-    speed_layout(cfg, model, disc, device, resolve_precision(cfg, device))  # as the trainer does
-    model_ddp, disc_ddp = model, disc
-    if dist_on:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    """The players as the trainer builds them (train/players.py) and their step runner."""
+    import torch.distributed
 
-        ids = [device.index] if device.type == "cuda" else None
-        model_ddp = DDP(model, device_ids=ids, **(ddp_kw or {}))
-        disc_ddp = DDP(disc, device_ids=ids, **(ddp_kw or {}))
-    if cfg.train.compile:
-        model_ddp = compile_player(model_ddp, cfg.train.compile_mode)
-        disc_ddp = compile_player(disc_ddp, cfg.train.compile_mode)
-    t = cfg.train
-    opt_g = build_optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], t.learning_rate_gen, t)
-    opt_d = build_optimizer(t.optimizer, list(disc.parameters()), t.learning_rate_disc, t)
-    runner = StepRunner(cfg, model, disc, model_ddp, disc_ddp, opt_g, opt_d, resolve_precision(cfg, device), device)
-    if cfg.train.compile:
-        runner.disc = compile_player(disc, cfg.train.compile_mode)
-    return model, disc, runner, opt_g, opt_d
+    from wubugen.train.distributed import DistInfo
+
+    dist = DistInfo(torch.distributed.get_rank(), device.index or 0, torch.distributed.get_world_size()) if dist_on else None
+    players = build_players(cfg, device, dist, ddp_kwargs=ddp_kw, log=lambda *a: None)
+    runner = StepRunner(players)
+    return players.model, players.disc, runner, players.opt_g, players.opt_d
 
 
 def make_inputs(cfg, device, n: int, flow_mode: str | None) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -159,21 +148,22 @@ def step_flops(runner: StepRunner, disc: torch.nn.Module, inp: tuple, lam: float
     from torch.utils.flop_counter import FlopCounterMode
 
     clip, flow = inp
-    ckpt = [m for m in runner.model.modules() if getattr(m, "checkpointing", False)]
+    p = runner.players
+    ckpt = [m for m in p.model.modules() if getattr(m, "checkpointing", False)]
     for m in ckpt:
         m.checkpointing = recompute
-    saved = runner.model_ddp, runner.disc_ddp, runner.disc
-    runner.model_ddp, runner.disc_ddp, runner.disc = runner.model, disc, disc
+    saved = p.model_step, p.disc_step, p.frozen_disc
+    p.model_step, p.disc_step, p.frozen_disc = p.model, disc, disc
     try:
         with FlopCounterMode(display=False) as fc:
             runner._forward_backward(runner.prepare(clip), runner.prepare_flow(None if flow is None else flow.float()),
                                      lam, True, 1, True)
     finally:
-        runner.model_ddp, runner.disc_ddp, runner.disc = saved
+        p.model_step, p.disc_step, p.frozen_disc = saved
         for m in ckpt:
             m.checkpointing = True
-        for p in runner.g_params + runner.d_params:
-            p.grad = None
+        for x in p.g_params + p.d_params:
+            x.grad = None
     return fc.get_total_flops()
 
 
@@ -207,7 +197,8 @@ def ddp_breakdown(runner: StepRunner, step, n: int, device) -> dict:
     the overlap of the all-reduce with the backward pass did not hide (plus waiting for the slowest rank)."""
     import torch.distributed as dist
 
-    model_ddp, disc_ddp = (getattr(m, "_orig_mod", m) for m in (runner.model_ddp, runner.disc_ddp))  # under compile
+    p = runner.players
+    model_ddp, disc_ddp = (getattr(m, "_orig_mod", m) for m in (p.model_step, p.disc_step))  # under compile
 
     def local_step(i: int) -> None:
         with model_ddp.no_sync(), disc_ddp.no_sync():
@@ -216,7 +207,7 @@ def ddp_breakdown(runner: StepRunner, step, n: int, device) -> dict:
     for i in range(3):  # the first unsynchronised steps may rebuild DDP's buckets
         local_step(i)
     compute = statistics.median(_timed(local_step, n, device))
-    n_params = sum(p.numel() for p in runner.g_params + runner.d_params)
+    n_params = sum(x.numel() for x in p.g_params + p.d_params)
     flat = torch.randn(n_params, device=device)
     for _ in range(3):
         dist.all_reduce(flat)
@@ -261,7 +252,7 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
 
     def step(i: int) -> torch.Tensor:
         clip, flow = inputs[i % len(inputs)]
-        losses, skip, _, _ = runner.run([clip], lam, True, flows=[flow.float() if flow is not None else None])
+        losses, skip, _, _ = runner.run([ClipBatch(clip, flow.float() if flow is not None else None)], lam, True)
         if q_g is not None and (i + 1) % cfg.train.q_control_interval == 0:
             vals = dict(zip(LOSS_KEYS, losses.tolist()))
             vals["lambda_kl"] = lam

@@ -3,10 +3,13 @@ gloo), and the multi-GPU report's tables."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from wubugen.config import build_config
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -46,11 +49,27 @@ def test_memory_probe_finds_the_live_blocks_at_the_peak():
 
 def test_step_bench_runs_a_tiny_row_on_the_cpu(tmp_path):
     out = tmp_path / "rows.json"
-    subprocess.run([sys.executable, str(BENCH / "bench_step.py"), "--rows", "tiny-fp32", "--steps", "2", "--warmup", "1",
-                    "--json", str(out)], check=True, capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_step.py"), "--rows", "tiny-fp32", "--steps", "5",
+                           "--warmup", "1", "--json", str(out)],
+                          check=True, capture_output=True, text=True, timeout=300)
     (row,) = json.loads(out.read_text())
-    assert row["row"] == "tiny-fp32" and row["s_per_step"] > 0 and row["clips_per_s"] > 0
-    assert row["tflop_per_step"] > 0 and not row["cuda_graphs"]
+    cfg = build_config("tiny", overrides={"precision": "fp32"})
+    assert (row["row"], row["preset"], row["overrides"]) == ("tiny-fp32", "tiny", {"precision": "fp32"})
+    assert row["flow"] is None and row["ddp"] is None and row["world_size"] == 1 and not row["cuda_graphs"]
+    assert row["batch_per_gpu"] == cfg.train.batch_size and row["frames"] == cfg.window_frames
+    assert row["size"] == f"{cfg.data.image_h}x{cfg.data.image_w}"
+    # the median of the timed steps, between their 10th and 90th percentiles; the rate is clips per median step
+    assert 0 < row["p10_s"] <= row["s_per_step"] <= row["p90_s"]
+    assert row["clips_per_s"] == row["batch_per_gpu"] / row["s_per_step"]
+    # no activation checkpointing: the hardware runs exactly the model's FLOPs; no GPU: no memory, peak or MFU figures
+    assert row["tflop_per_step"] > 0 and row["hw_tflop_per_step"] == row["tflop_per_step"]
+    assert row["params_g"] > 0 and row["params_d"] > 0
+    assert math.isnan(row["peak_mem_gib"]) and row["card"] == "cpu" and row["bf16_matmul_tflops"] is None
+    assert "mfu" not in row and "compute_s" not in row  # no DDP breakdown in one process
+    # the printed line shows the same numbers
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("tiny-fp32 ")]
+    assert f"{row['s_per_step'] * 1000:.2f} ms/step" in line and f"{row['clips_per_s']:.1f} clips/s" in line
+    assert "card: cpu;" in proc.stdout
 
 
 def test_step_bench_under_torchrun_reports_the_ddp_breakdown(tmp_path):

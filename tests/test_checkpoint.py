@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from wubugen.errors import UserError
-from wubugen.train import checkpoint as ck
+from wubugen import checkpoint as ck
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     import torch
-    from wubugen.train import checkpoint as ck
+    from wubugen import checkpoint as ck
 
     root, point = sys.argv[1], sys.argv[2]
     big = {"model": {"w": torch.randn(512, 1024)}}  # 2 MB

@@ -113,7 +113,7 @@ def test_compile_mode_is_checked_and_reaches_torch_compile(monkeypatch):
     import torch
 
     from wubugen.config import ConfigError
-    from wubugen.train.step import compile_player
+    from wubugen.train.speed import compile_player
 
     with pytest.raises(ConfigError, match="compile_mode"):
         build_config("tiny", overrides={"compile_mode": "reduce-overhead"})  # torch's CUDA graphs would clash with ours

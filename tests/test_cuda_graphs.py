@@ -4,11 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import tiny_args
 from wubugen.config import build_config
-from wubugen.models.discriminator import build_discriminator
-from wubugen.models.vaegan import build_model
-from wubugen.train.optim import apply_lr_momentum_scales, build_optimizer
-from wubugen.train.step import LOSS_KEYS, StepRunner, compile_player, resolve_precision
+from wubugen.data.batch import ClipBatch
+from wubugen.train.optim import apply_lr_momentum_scales
+from wubugen.train.players import build_players
+from wubugen.train.step import LOSS_KEYS, StepRunner
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -17,14 +18,8 @@ def make_runner(graphs: bool, optimizer: str = "riemannian_adam", **over) -> Ste
     # dropout off and fp32: eager and replayed steps then run the same kernels on the same numbers
     cfg = build_config("tiny", overrides={"cuda_graphs": graphs, "precision": "fp32", "wubu_dropout": 0.0,
                                           "optimizer": optimizer, **over})
-    device = torch.device("cuda")
     torch.manual_seed(0)
-    model = build_model(cfg).to(device)
-    disc = build_discriminator(cfg).to(device)
-    t = cfg.train
-    opt_g = build_optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], t.learning_rate_gen, t)
-    opt_d = build_optimizer(t.optimizer, list(disc.parameters()), t.learning_rate_disc, t)
-    return StepRunner(cfg, model, disc, model, disc, opt_g, opt_d, resolve_precision(cfg, device), device)
+    return StepRunner(build_players(cfg, torch.device("cuda")))
 
 
 def clips(runner: StepRunner, n: int) -> list[torch.Tensor]:
@@ -35,7 +30,7 @@ def clips(runner: StepRunner, n: int) -> list[torch.Tensor]:
 
 
 def weights(runner: StepRunner) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in list(runner.model.parameters()) + list(runner.disc.parameters())]
+    return [p.detach().clone() for p in list(runner.players.model.parameters()) + list(runner.players.disc.parameters())]
 
 
 @pytest.fixture(autouse=True)
@@ -60,9 +55,9 @@ def run_sequence(graphs: bool, optimizer: str, **over) -> tuple[list[torch.Tenso
     losses = []
     for i, (batch, flow) in enumerate(zip(data, flows)):
         if i == 5:
-            apply_lr_momentum_scales(r.opt_g, 0.5, 0.9)
-            apply_lr_momentum_scales(r.opt_d, 2.0, 1.1)
-        out, *_ = r.run([batch], 1e-4 * (1 + i), i >= 4, [flow])
+            apply_lr_momentum_scales(r.players.opt_g, 0.5, 0.9)
+            apply_lr_momentum_scales(r.players.opt_d, 2.0, 1.1)
+        out, *_ = r.run([ClipBatch(batch, flow)], 1e-4 * (1 + i), i >= 4)
         losses.append(out)
     return losses, weights(r), r
 
@@ -117,10 +112,7 @@ def test_returned_losses_are_not_overwritten_by_the_next_replay():
 
 def test_compiled_players_are_captured_and_train():
     eager = make_runner(False)
-    compiled = make_runner(True, compile=True)
-    compiled.model_ddp = compile_player(compiled.model)
-    compiled.disc_ddp = compile_player(compiled.disc)
-    compiled.disc = compile_player(compiled.disc)
+    compiled = make_runner(True, compile=True)  # build_players compiles the step's players (and channels-last)
     data = clips(eager, 6)
     out = {}
     for name, r in (("eager", eager), ("compiled", compiled)):
@@ -140,8 +132,7 @@ def test_trainer_on_cuda_with_graphs_validates_resumes_and_saves(tmp_path):
     from wubugen.cli import main
 
     run = tmp_path / "run"
-    args = ["train", "--preset", "tiny", "--checkpoint_dir", str(run), "--cache_dir", str(tmp_path / "cache"),
-            "--no-progress", "--val_interval", "4", "--gan_start_step", "5", "--ema_decay", "0.9"]
+    args = tiny_args(run, tmp_path / "cache", "--val_interval", "4", "--gan_start_step", "5", "--ema_decay", "0.9")
     assert main(args + ["--max_steps", "8"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["nonfinite_steps"] == 0
@@ -156,6 +147,6 @@ def test_flow_computed_inside_the_step_runs_eagerly():
     r = make_runner(True, **MOTION)
     assert r.flow_in_step(None) and not r.flow_in_step(torch.zeros(1))
     for batch in clips(r, 5):
-        out, *_ = r.run([batch], 1e-4, True, [None])
+        out, *_ = r.run([ClipBatch(batch)], 1e-4, True)
         assert torch.isfinite(out).all()
     assert not r._graphs

@@ -10,12 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import VIDEOS
 from wubugen.cli import main
 from wubugen.config import build_config
 from wubugen.data import DecodeError, build_datasets, write_video
 from wubugen.errors import UserError
 
-SHARED_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos" / "train"
+SHARED_TRAIN = VIDEOS / "train"
 
 
 def moving_frames(t: int, h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:

@@ -84,9 +84,9 @@ class CountingDataset(Dataset):
 def test_start_batch_resumes_exactly_without_loading_skipped(clips: Path) -> None:
     cfg = cfg_for(clips, augment_flip=True, augment_random_crop=True)
     ds = build_datasets(cfg).train
-    full = list(make_loader(ds, cfg, train=True, epoch=2, pin_memory=False))
+    full = [x.frames for x in make_loader(ds, cfg, train=True, epoch=2, pin_memory=False)]
     counted = CountingDataset(ds)
-    resumed = list(make_loader(counted, cfg, train=True, epoch=2, start_batch=5, pin_memory=False))
+    resumed = [x.frames for x in make_loader(counted, cfg, train=True, epoch=2, start_batch=5, pin_memory=False)]
     assert len(resumed) == len(full) - 5
     assert all(torch.equal(a, b) for a, b in zip(full[5:], resumed))
     assert len(counted.calls) == len(resumed) * cfg.train.batch_size, "skipped batches must not be loaded"
@@ -125,8 +125,8 @@ def test_workers_give_identical_batches(clips: Path) -> None:
     cfg0 = cfg_for(clips, augment_flip=True, augment_random_crop=True)
     cfg2 = cfg_for(clips, augment_flip=True, augment_random_crop=True, num_workers=2)
     ds = build_datasets(cfg0).train
-    a = list(make_loader(ds, cfg0, train=True, epoch=1, pin_memory=False))
-    b = list(make_loader(ds, cfg2, train=True, epoch=1, pin_memory=False))
+    a = [x.frames for x in make_loader(ds, cfg0, train=True, epoch=1, pin_memory=False)]
+    b = [x.frames for x in make_loader(ds, cfg2, train=True, epoch=1, pin_memory=False)]
     assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
     assert a[0].shape == (4, 4, 3, 16, 16)
 
@@ -135,11 +135,11 @@ def test_val_loader_no_shuffle_no_drop(clips: Path) -> None:
     cfg = cfg_for(clips, validation_split_fraction=0.3, batch_size=7)
     b = build_datasets(cfg)
     assert b.val is not None
-    batches = list(make_loader(b.val, cfg, train=False, pin_memory=False))
+    batches = [x.frames for x in make_loader(b.val, cfg, train=False, pin_memory=False)]
     stacked = torch.cat(batches)
     assert len(stacked) == len(b.val)
     assert torch.equal(stacked[0], b.val[0]) and torch.equal(stacked[-1], b.val[len(b.val) - 1])
-    two = [torch.cat(list(make_loader(b.val, cfg, train=False, rank=r, world_size=2, pin_memory=False)))
+    two = [torch.cat([x.frames for x in make_loader(b.val, cfg, train=False, rank=r, world_size=2, pin_memory=False)])
            for r in range(2)]
     assert torch.equal(torch.cat(two), stacked)
 
@@ -176,7 +176,8 @@ class _CollectingDataset(Dataset):
 def test_workers_do_not_free_the_parents_decoders(tmp_path: Path, clips: Path) -> None:
     """A video read abandoned mid-file inside a reference cycle is garbage holding FFmpeg's decoder threads. Freed in a
     forked worker (threads that do not exist there) it hangs: the loader collects it in the parent before forking."""
-    from wubugen.data.video_io import FrameFormat, read_video, write_video
+    from wubugen.data.video_io import FrameFormat, read_video
+    from wubugen.media import write_video
 
     video = write_video(tmp_path / "v.mp4", np.random.default_rng(1).integers(0, 256, (12, 32, 32, 3), np.uint8), 10.0)
     reader = read_video(video, FrameFormat(32, 32, 3, "stretch"))
@@ -185,4 +186,4 @@ def test_workers_do_not_free_the_parents_decoders(tmp_path: Path, clips: Path) -
     cycle.append(cycle)
     del reader, cycle
     loader = make_loader(_CollectingDataset(), cfg_for(clips, num_workers=2), train=False, pin_memory=False)
-    assert sum(int(b.shape[0]) for b in loader) == 8
+    assert sum(int(b.frames.shape[0]) for b in loader) == 8

@@ -11,39 +11,33 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SHARED_DATA, VIDEOS
 from wubugen.cli import main
 from wubugen.config import build_config
 from wubugen.data import build_datasets, make_loader, read_clip
 from wubugen.data.cache import load_entry
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VIDEOS = SHARED / "videos"
 pytestmark = pytest.mark.skipif(not (VIDEOS / "train").is_dir(), reason=f"real footage not found at {VIDEOS}")
 
 CODECS = {"jpeg": "jpg", "png": "png"}  # MANIFEST codec -> what a frame folder reports
 
 
 def manifest() -> dict[str, dict[str, str]]:
-    with open(SHARED / "MANIFEST.csv", newline="") as f:
+    with open(SHARED_DATA / "MANIFEST.csv", newline="") as f:
         return {row["file"]: row for row in csv.DictReader(f)}
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("real_cache")
-
-
-def cfg_for(cache_dir: Path, **overrides):
-    base = {"image_h": 32, "image_w": 32, "num_input_frames": 3, "num_predict_frames": 1, "cache_dir": str(cache_dir),
+def cfg_for(cache: str, **overrides):
+    base = {"image_h": 32, "image_w": 32, "num_input_frames": 3, "num_predict_frames": 1, "cache_dir": cache,
             "num_workers": 0, "progress": False}
     base.update(overrides)
     return build_config(overrides=base)
 
 
 @pytest.fixture(scope="module")
-def full(cache_dir: Path):
+def full(cache: str):
     """Training folder plus the separate validation folder: decodes everything once."""
-    cfg = cfg_for(cache_dir, video_data_path=str(VIDEOS / "train"), validation_video_path=str(VIDEOS / "val"))
+    cfg = cfg_for(cache, video_data_path=str(VIDEOS / "train"), validation_video_path=str(VIDEOS / "val"))
     return build_datasets(cfg)
 
 
@@ -78,8 +72,8 @@ def test_items_are_uint8_windows(full) -> None:
     assert x.float().std() > 5
 
 
-def test_window_counts_with_skip_and_stride(cache_dir: Path, full) -> None:
-    cfg = cfg_for(cache_dir, video_data_path=str(VIDEOS / "train"), frame_skip=3, window_stride=5,
+def test_window_counts_with_skip_and_stride(cache: str, full) -> None:
+    cfg = cfg_for(cache, video_data_path=str(VIDEOS / "train"), frame_skip=3, window_stride=5,
                   validation_split_fraction=0)
     b = build_datasets(cfg)
     assert b.info.cache_built == 0, "window settings must not rebuild the cache"
@@ -90,8 +84,8 @@ def test_window_counts_with_skip_and_stride(cache_dir: Path, full) -> None:
     assert np.all(np.diff(frames) == 3) and frames[-1] < b.train.frame_counts[src]
 
 
-def test_file_split_is_disjoint_and_near_fraction(cache_dir: Path, full) -> None:
-    cfg = cfg_for(cache_dir, video_data_path=str(VIDEOS / "train"))  # 50 sources, fraction 0.1: by whole files
+def test_file_split_is_disjoint_and_near_fraction(cache: str, full) -> None:
+    cfg = cfg_for(cache, video_data_path=str(VIDEOS / "train"))  # 50 sources, fraction 0.1: by whole files
     b = build_datasets(cfg)
     assert b.info.split_mode == "files"
     train_src = set(b.train.table.source.tolist())
@@ -106,9 +100,9 @@ def test_file_split_is_disjoint_and_near_fraction(cache_dir: Path, full) -> None
         assert np.array_equal(other.train.table.source, b.train.table.source)
 
 
-def test_time_split_on_one_long_file_shares_no_frame(cache_dir: Path, full) -> None:
+def test_time_split_on_one_long_file_shares_no_frame(cache: str, full) -> None:
     path = VIDEOS / "train" / "intel__bottle-detection.mp4"  # 1189 frames
-    cfg = cfg_for(cache_dir, video_data_path=str(path), num_input_frames=10, num_predict_frames=3, frame_skip=2,
+    cfg = cfg_for(cache, video_data_path=str(path), num_input_frames=10, num_predict_frames=3, frame_skip=2,
                   validation_split_fraction=0.2, val_block_size=30)
     b = build_datasets(cfg)
     assert b.info.split_mode == "time" and b.info.cache_built == 0
@@ -124,9 +118,9 @@ def test_time_split_on_one_long_file_shares_no_frame(cache_dir: Path, full) -> N
     assert 0.15 < len(b.val) / (len(b.val) + len(b.train) + b.info.guard_dropped) < 0.3
 
 
-def test_scene_cut_windows_do_not_straddle(cache_dir: Path, full) -> None:
+def test_scene_cut_windows_do_not_straddle(cache: str, full) -> None:
     path = VIDEOS / "train" / "torchcodec__nasa_13013.mp4"  # a hard cut at frame 202
-    cfg = cfg_for(cache_dir, video_data_path=str(path), scene_cut_threshold=40, validation_split_fraction=0)
+    cfg = cfg_for(cache, video_data_path=str(path), scene_cut_threshold=40, validation_split_fraction=0)
     b = build_datasets(cfg)
     (src,) = b.info.sources
     assert src.scene_cuts == 1 and src.windows == (202 - 3) + (325 - 202 - 3)
@@ -135,16 +129,16 @@ def test_scene_cut_windows_do_not_straddle(cache_dir: Path, full) -> None:
         assert not (frames[0] < 202 <= frames[-1])
 
 
-def test_loader_with_workers_over_real_footage(cache_dir: Path, full) -> None:
-    cfg = cfg_for(cache_dir, video_data_path=str(VIDEOS / "train"), validation_video_path=str(VIDEOS / "val"),
+def test_loader_with_workers_over_real_footage(cache: str, full) -> None:
+    cfg = cfg_for(cache, video_data_path=str(VIDEOS / "train"), validation_video_path=str(VIDEOS / "val"),
                   num_workers=2, batch_size=8, augment_flip=True, augment_random_crop=True)
     b = build_datasets(cfg)
     loader = make_loader(b.train, cfg, train=True, epoch=1, pin_memory=False)
-    batches = [x for _, x in zip(range(3), loader)]
+    batches = [x.frames for _, x in zip(range(3), loader)]
     assert all(x.shape == (8, 4, 3, 32, 32) and x.dtype == torch.uint8 for x in batches)
-    cfg0 = cfg_for(cache_dir, video_data_path=str(VIDEOS / "train"), validation_video_path=str(VIDEOS / "val"),
+    cfg0 = cfg_for(cache, video_data_path=str(VIDEOS / "train"), validation_video_path=str(VIDEOS / "val"),
                    num_workers=0, batch_size=8, augment_flip=True, augment_random_crop=True)
-    again = [x for _, x in zip(range(3), make_loader(b.train, cfg0, train=True, epoch=1, pin_memory=False))]
+    again = [x.frames for _, x in zip(range(3), make_loader(b.train, cfg0, train=True, epoch=1, pin_memory=False))]
     assert all(torch.equal(a, c) for a, c in zip(batches, again)), "workers must not change the data"
 
 
@@ -156,9 +150,9 @@ def test_read_clip_from_real_files() -> None:
     assert frames.shape == (2, 3, 48, 64)
 
 
-def test_inspect_cli_lists_every_file(cache_dir: Path, full, capsys: pytest.CaptureFixture[str]) -> None:
+def test_inspect_cli_lists_every_file(cache: str, full, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["data", "inspect", str(VIDEOS / "train"), "--image_h", "32", "--image_w", "32",
-                 "--cache_dir", str(cache_dir), "--validation_video_path", str(VIDEOS / "val")])
+                 "--cache_dir", cache, "--validation_video_path", str(VIDEOS / "val")])
     out = capsys.readouterr().out
     assert code == 0
     for name in manifest():

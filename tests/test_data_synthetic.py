@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import DIGITS
 from wubugen.cli import main
 from wubugen.config import build_config
 from wubugen.data import build_datasets, make_loader
@@ -18,8 +19,6 @@ from wubugen.data.moving_mnist import generate, trajectories
 from wubugen.data.synthetic import DEMO_SEED, DEMO_VERSION, render_clip
 
 PINNED_DEMO_DIGEST = "86a927961dca2386"
-
-DIGITS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist" / "mnist5k_images_uint8.npy"
 
 
 def test_demo_is_default_built_once(tmp_path: Path) -> None:
@@ -36,7 +35,8 @@ def test_demo_is_default_built_once(tmp_path: Path) -> None:
     again = build_datasets(cfg)
     assert again.info.cache_built == 0 and [c.stat().st_mtime_ns for c in clips] == mtimes
     assert not list(tmp_path.glob(".demo_*")), "no temporary folder left"
-    assert len(next(iter(make_loader(b.train, cfg, train=True, pin_memory=False)))) == cfg.train.batch_size
+    batch = next(iter(make_loader(b.train, cfg, train=True, pin_memory=False)))
+    assert batch.frames.shape[0] == cfg.train.batch_size and batch.flow is None
 
 
 def test_demo_clips_move_and_vary() -> None:

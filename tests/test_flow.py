@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tiny_args
 from wubugen.cli import main
 from wubugen.config import ConfigError, build_config
 from wubugen.data import build_datasets, make_loader
-from wubugen.data.loader import split_batch
 from wubugen.errors import UserError
-from wubugen.flow import cache as flow_cache
+from wubugen.data import flow_cache
 from wubugen.flow.backends import (
     RAFT_FILES,
     FlowEstimator,
@@ -26,7 +26,7 @@ from wubugen.flow.backends import (
     raft_flow,
     weights_fingerprint,
 )
-from wubugen.flow.cache import (
+from wubugen.data.flow_cache import (
     FrameSource,
     attach_flow_cache,
     ensure_flows,
@@ -64,16 +64,6 @@ def moving_clip(frames: int, h: int, w: int, dx: int = 1, dy: int = 0, seed: int
     base = texture(h, w, seed)
     out = np.stack([np.roll(base, (t * dy, t * dx), (0, 1)) for t in range(frames)])
     return np.repeat(out[..., None], channels, -1)
-
-
-@pytest.fixture(scope="module")
-def raft_small_file(tmp_path_factory) -> Path:
-    from torchvision.models.optical_flow import raft_small
-
-    torch.manual_seed(123)
-    path = tmp_path_factory.mktemp("weights") / "my_raft_small.pth"
-    torch.save(raft_small(weights=None).state_dict(), path)
-    return path
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -238,8 +228,7 @@ def test_weights_of_the_wrong_architecture_or_format(raft_small_file, tmp_path) 
 def test_cli_stops_before_training_without_weights(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))
     run = tmp_path / "run"
-    code = main(["train", "--preset", "tiny", "--use_wubu_motion_branch", "--optical_flow_net_type", "raft_small",
-                 "--checkpoint_dir", str(run), "--cache_dir", str(tmp_path / "cache"), "--no-progress"])
+    code = main(tiny_args(run, tmp_path / "cache", "--use_wubu_motion_branch", "--optical_flow_net_type", "raft_small"))
     err = capsys.readouterr()
     assert code == 2
     lines = [line for line in err.err.splitlines() if line.strip()]
@@ -358,7 +347,7 @@ def test_datasets_serve_window_flows_and_footage_changes_rebuild(tmp_path, monke
     report = attach_flow_cache(bundle, cfg, FlowEstimator("dis"))
     assert report.built == 2 and report.reused == 0 and calls
     ds = bundle.train
-    frames, flow = ds[3]
+    frames, flow = ds[3], ds.flows_of(3)
     assert frames.shape == (4, 3, 24, 24) and frames.dtype == torch.uint8
     assert flow.shape == (cfg.encoder_frames - 1, 2, 24, 24) and flow.dtype == torch.float16  # predict: context only
     src, idx = ds.window(3)
@@ -367,7 +356,7 @@ def test_datasets_serve_window_flows_and_footage_changes_rebuild(tmp_path, monke
     # the flows are those of the window's frames (skip 2: clip i moves 2 * (1 + i) px between window frames)
     assert abs(float(flow[..., 6:18, 6:18][:, 0].float().mean()) - 2 * (1 + src)) < 0.3
     batch = next(iter(make_loader(ds, cfg, True)))
-    f, fl = split_batch(batch)
+    f, fl = batch.frames, batch.flow
     assert f.shape == (cfg.train.batch_size, 4, 3, 24, 24) and fl.shape == (cfg.train.batch_size, 1, 2, 24, 24)
 
     # second run: no decoding, no flow computed
@@ -394,8 +383,7 @@ def test_augmented_flows_follow_the_frames(tmp_path) -> None:
     plain.flip = plain.random_crop = False
     for i in range(len(ds)):
         scale, _, _, flip = ds.draws(i)
-        _, flow = ds[i]
-        _, base = plain[i]
+        flow, base = ds.flows_of(i), plain.flows_of(i)
         # texture moving +1 px right: flipped windows move left; the crop zooms by W / crop width
         cw = max(1, round(24 * (0.8 + 0.2 * scale)))
         expected = (-1 if flip < 0.5 else 1) * 24 / cw * float(base[:, 0, 6:18, 6:18].float().mean())

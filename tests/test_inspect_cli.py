@@ -15,18 +15,18 @@ def test_inspect_flags_override_preset(capsys):
 
 
 def test_inspect_exit_code_1_on_dead_parameter(capsys, monkeypatch):
-    import wubugen.inspect_cmd as ic
+    import wubugen.train.players as players
 
-    real = ic.build_model
+    real = players.build_model
 
-    def with_dead(cfg):
-        m = real(cfg)
+    def with_dead(model_cfg, geometry):
+        m = real(model_cfg, geometry)
         import torch
 
         m.register_parameter("unused", torch.nn.Parameter(torch.zeros(3)))
         return m
 
-    monkeypatch.setattr(ic, "build_model", with_dead)
+    monkeypatch.setattr(players, "build_model", with_dead)
     assert main(["inspect", "--preset", "tiny"]) == 1
     assert "model.unused: no gradient" in capsys.readouterr().out
 

@@ -48,7 +48,7 @@ def test_tap_switch_keeps_parameters_and_outputs():
     x = torch.randn(2, 4, 3, 5, 5, dtype=torch.float64)
     ref = conv(x)
     cfg = build_config("tiny")
-    model = build_model(cfg)
+    model = build_model(cfg.model, cfg.geometry)
     assert set_tap_convs(model, True) == 1  # the generator's output conv
     set_tap_convs(conv, True)
     torch.testing.assert_close(conv(x), ref, rtol=0, atol=1e-12)
@@ -91,7 +91,7 @@ def test_regional_discriminator_crops_are_torchvisions():
     """The regional D's crops through the static gather equal torchvision's roi_align of the same frames."""
     cfg = build_config("tiny", overrides={"discriminator_type": "regional_cnn"})
     torch.manual_seed(0)
-    disc = build_discriminator(cfg).double()
+    disc = build_discriminator(cfg.model, cfg.geometry).double()
     clip = random_clip(cfg, 2).double()
     b, t, c, h, w = clip.shape
     frames = clip.reshape(b * t, c, h, w)

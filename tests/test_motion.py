@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import VIDEOS, tiny_args
 from wubugen.cli import main
 from wubugen.config import build_config
 from wubugen.inspect_cmd import random_clip, run_inspect
@@ -17,7 +17,7 @@ from wubugen.models.motion import MotionEncoder
 from wubugen.models.vaegan import build_model
 from wubugen.train.losses import kl_loss, recon_loss
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos" / "train"
+SHARED = VIDEOS / "train"
 SHORT_VIDEOS = ("intel__asl_eat.mkv", "intel__asl_hungry.mkv", "imageio__realshort.mp4")
 
 
@@ -27,20 +27,10 @@ def tiny_motion(**over):
     return build_config("tiny", overrides=base)
 
 
-@pytest.fixture(scope="module")
-def raft_file(tmp_path_factory) -> Path:
-    from torchvision.models.optical_flow import raft_small
-
-    torch.manual_seed(7)
-    path = tmp_path_factory.mktemp("w") / "raft_small_random.pth"
-    torch.save(raft_small(weights=None).state_dict(), path)
-    return path
-
-
 def test_motion_features_align_flow_step_t_with_frame_t() -> None:
     cfg = tiny_motion(num_input_frames=3, num_predict_frames=1, wubu_dropout=0.0)
     torch.manual_seed(0)
-    enc = MotionEncoder(cfg).eval()
+    enc = MotionEncoder(cfg.model, cfg.geometry).eval()
     b, t, h, w = 2, cfg.encoder_frames, cfg.data.image_h, cfg.data.image_w
     frames = random_clip(cfg, b)
     flow = torch.randn(b, t - 1, 2, h, w)
@@ -59,7 +49,7 @@ def test_motion_features_align_flow_step_t_with_frame_t() -> None:
 def test_cached_flow_gives_the_same_model_output_as_flow_on_the_fly() -> None:
     cfg = tiny_motion()
     torch.manual_seed(1)
-    model = build_model(cfg).eval()
+    model = build_model(cfg.model, cfg.geometry).eval()
     clip = random_clip(cfg, 2)
     enc, _ = model.split(clip)
     flow = model.motion.compute_flow(enc).half()  # as the cache stores it
@@ -73,7 +63,7 @@ def test_gradient_reaches_every_motion_parameter() -> None:
     cfg = tiny_motion(task="predict", num_input_frames=3, num_predict_frames=2, flow_stats_components=[
         "mag_mean", "mag_std", "angle_mean", "angle_std"])
     torch.manual_seed(2)
-    model = build_model(cfg).train()
+    model = build_model(cfg.model, cfg.geometry).train()
     clip = random_clip(cfg, 2)
     enc, _ = model.split(clip)
     flow = torch.randn(2, cfg.encoder_frames - 1, 2, cfg.data.image_h, cfg.data.image_w) * 2
@@ -93,13 +83,13 @@ def test_inspect_with_the_motion_branch_reports_no_dead_parameter() -> None:
     assert "every trainable parameter received a finite, non-zero gradient" in text
 
 
-def test_frozen_raft_in_the_model(raft_file) -> None:
-    cfg = tiny_motion(optical_flow_net_type="raft_small", flow_weights=str(raft_file))
-    model = build_model(cfg)
+def test_frozen_raft_in_the_model(raft_small_file) -> None:
+    cfg = tiny_motion(optical_flow_net_type="raft_small", flow_weights=str(raft_small_file))
+    model = build_model(cfg.model, cfg.geometry)
     model.train()
     net = model.motion.flow.net
     assert not net.training and all(not p.requires_grad for p in net.parameters())
-    state = torch.load(raft_file, weights_only=True)
+    state = torch.load(raft_small_file, weights_only=True)
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())  # the file's weights, never re-initialised
     clip = random_clip(cfg, 1)
     out = model(clip)  # flow computed on the fly, all pairs in one call
@@ -108,13 +98,13 @@ def test_frozen_raft_in_the_model(raft_file) -> None:
     assert all(p.grad is not None for p in model.motion.wubu_m.parameters())
     sd = model.state_dict()
     assert not any(".flow.net." in k for k in sd)  # checkpoints do not carry (or override) the flow net
-    build_model(cfg).load_state_dict(sd, strict=True)
+    build_model(cfg.model, cfg.geometry).load_state_dict(sd, strict=True)
     assert not net.training
 
 
-def test_trainable_raft_gets_gradient(raft_file) -> None:
-    cfg = tiny_motion(optical_flow_net_type="raft_small", flow_weights=str(raft_file), freeze_flow_net=False)
-    model = build_model(cfg).train()
+def test_trainable_raft_gets_gradient(raft_small_file) -> None:
+    cfg = tiny_motion(optical_flow_net_type="raft_small", flow_weights=str(raft_small_file), freeze_flow_net=False)
+    model = build_model(cfg.model, cfg.geometry).train()
     net = model.motion.flow.net
     assert net.training and all(p.requires_grad for p in net.parameters())
     assert any(".flow.net." in k for k in model.state_dict())  # trained weights are the model's
@@ -128,9 +118,8 @@ def test_train_with_dis_motion_on_real_footage(tmp_path, capsys) -> None:
     listing = tmp_path / "short.txt"
     listing.write_text("".join(f"{SHARED / name}\n" for name in SHORT_VIDEOS))
     run, cache = tmp_path / "run", tmp_path / "cache"
-    args = ["train", "--preset", "tiny", "--use_wubu_motion_branch", "--optical_flow_net_type", "dis",
-            "--video_data_path", str(listing), "--max_steps", "4", "--checkpoint_dir", str(run), "--cache_dir",
-            str(cache), "--no-progress", "--log_interval", "2"]
+    args = tiny_args(run, cache, "--use_wubu_motion_branch", "--optical_flow_net_type", "dis", "--video_data_path",
+                     str(listing), "--max_steps", "4", "--log_interval", "2")
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "flow cache (dis): 3 sources computed" in out and "done: 4 steps" in out
@@ -144,13 +133,13 @@ def test_train_with_dis_motion_on_real_footage(tmp_path, capsys) -> None:
 def test_step_runner_knows_when_flow_is_computed_in_the_step() -> None:
     """Steps whose flow is not cached are not captured in CUDA graphs (checked on the GPU in test_cuda_graphs)."""
     from wubugen.models.discriminator import build_discriminator
-    from wubugen.train.step import StepRunner, resolve_precision
+    from wubugen.train.players import players_from_modules
+    from wubugen.train.step import StepRunner
 
     cpu = torch.device("cpu")
     for motion in (False, True):
         cfg = build_config("tiny", overrides={"use_wubu_motion_branch": motion, "optical_flow_net_type": "dis"})
-        model, disc = build_model(cfg), build_discriminator(cfg)
-        r = StepRunner(cfg, model, disc, model, disc, torch.optim.SGD(model.parameters(), 0.1),
-                       torch.optim.SGD(disc.parameters(), 0.1), resolve_precision(cfg, cpu), cpu)
+        model, disc = build_model(cfg.model, cfg.geometry), build_discriminator(cfg.model, cfg.geometry)
+        r = StepRunner(players_from_modules(cfg, cpu, model, disc))
         assert r.flow_in_step(None) is motion
         assert not r.flow_in_step(torch.zeros(2, 3, 2, 8, 8))

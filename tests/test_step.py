@@ -7,6 +7,7 @@ from wubugen.config import build_config
 from wubugen.models.discriminator import build_discriminator
 from wubugen.models.vaegan import build_model
 from wubugen.train.losses import d_loss, g_adv_loss, kl_loss, recon_loss
+from wubugen.train.players import players_from_modules
 from wubugen.train.step import players_forward_backward
 
 
@@ -14,14 +15,15 @@ def test_each_player_gets_exactly_the_gradient_of_its_own_loss():
     # spectral norm off and no dropout: both orders of the passes then compute the same numbers
     cfg = build_config("tiny", overrides={"disc_apply_spectral_norm": False, "wubu_dropout": 0.0})
     torch.manual_seed(0)
-    model, disc = build_model(cfg), build_discriminator(cfg)
+    model, disc = build_model(cfg.model, cfg.geometry), build_discriminator(cfg.model, cfg.geometry)
     clip = torch.rand(2, cfg.window_frames, cfg.data.num_channels, cfg.data.image_h, cfg.data.image_w) * 2 - 1
     g_params = [p for p in model.parameters() if p.requires_grad]
     d_params = list(disc.parameters())
     t, lam = cfg.train, 3e-3
 
     torch.manual_seed(1)  # the posterior noise
-    losses, _, _ = players_forward_backward(model, disc, disc, d_params, clip, None, cfg, lam, True)
+    losses = players_forward_backward(players_from_modules(cfg, torch.device("cpu"), model, disc), clip, None, lam,
+                                      True).losses
     got_g = [p.grad.clone() for p in g_params]
     got_d = [p.grad.clone() for p in d_params]
 

@@ -1,5 +1,6 @@
 """Trackers, media files and the report plot."""
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from wubugen import media
 from wubugen.config import LogConfig
 from wubugen.errors import UserError
 from wubugen.track import LocalTracker, MultiTracker, NullTracker, build_tracker
-from wubugen.track import media
 from wubugen.track.report import plot_losses, read_metrics
 
 
@@ -113,6 +114,52 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
         media.save_png(tmp_path / "x.png", frames(1, 8, 8, seed=1)[0])
     assert (tmp_path / "x.png").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
+
+
+def test_atomic_writes_replace_whole_files_and_clean_up(tmp_path, monkeypatch):
+    target = tmp_path / "sub" / "notes.json"  # the folder is created
+    assert media.atomic_write_text(target, "first\n") == target and target.read_text() == "first\n"
+    synced = []
+    real_fsync = media.os.fsync
+    monkeypatch.setattr(media.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    media.atomic_write_bytes(target, b"second\n")
+    assert target.read_bytes() == b"second\n" and len(synced) == 2  # the file, then its directory
+    with pytest.raises(RuntimeError, match="boom"):
+        with media.atomic_output(target) as tmp:
+            assert tmp.parent == target.parent and tmp.suffix == ".json"
+            assert tmp.name.startswith(".notes.tmp-") and not tmp.exists()
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert target.read_bytes() == b"second\n"  # the old file is untouched
+    assert [p.name for p in target.parent.iterdir()] == ["notes.json"]  # no temp file left
+
+
+def test_media_is_a_bottom_layer_and_data_reexports_it():
+    import wubugen.data as data
+
+    assert data.write_video is media.write_video and data.write_gif is media.write_gif
+    assert data.to_uint8 is media.to_uint8
+    code = ("import sys, wubugen.media; bad = sorted(m for m in sys.modules if m == 'av' or m.startswith(("
+            "'wubugen.data', 'wubugen.models', 'wubugen.train', 'wubugen.eval', 'wubugen.track'))); print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"  # PyAV is imported only when a video is written
+
+
+def test_frame_checks_and_grey_gif(tmp_path):
+    with pytest.raises(TypeError, match="uint8"):
+        media.write_video(tmp_path / "f.mp4", np.zeros((2, 4, 4, 3), np.float32), 8)
+    with pytest.raises(ValueError, match="uint8"):
+        media.save_gif(tmp_path / "f.gif", np.zeros((2, 4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="no frames"):
+        media.gif_bytes(np.zeros((0, 4, 4, 3), np.uint8))
+    with pytest.raises(UserError, match="suffix '.xyz'"):
+        media.write_video(tmp_path / "f.xyz", frames(2, 4, 4), 8)
+    assert not (tmp_path / "f.xyz").exists()
+    grey = frames(3, 6, 5, c=1)
+    media.write_gif(tmp_path / "g.gif", grey, fps=10)
+    with Image.open(tmp_path / "g.gif") as im:
+        assert im.n_frames == 3 and im.size == (5, 6)
+        assert np.array_equal(np.asarray(im.convert("L")), grey[0, ..., 0])  # greyscale, lossless
 
 
 # ---- local tracker and report ----------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 new phases with changed modules, and DDP (gloo) weight equality."""
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,19 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import DOG_VIDEO, tiny_args
 from wubugen.cli import main
 from wubugen.config import build_config
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
-
-
-def tiny_args(run, cache, *extra):
-    return ["train", "--preset", "tiny", "--checkpoint_dir", str(run), "--cache_dir", cache, "--no-progress", *extra]
 
 
 def weights_digest(path: Path) -> str:
@@ -71,12 +62,23 @@ def test_train_writes_checkpoints_samples_metrics(tmp_path, cache, capsys):
         assert k in keys, k
     assert any((run / "media").rglob("*.png"))
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 12 and summary["val"]["avg_val_psnr"] > 0
+    assert summary["steps"] == 12
+    val = [(r["step"], r["values"]) for r in rows if "val/avg_val_psnr" in r["values"]]
+    step, last = val[-1]
+    psnr, mse = summary["val"]["avg_val_psnr"], summary["val"]["avg_val_recon_mse"]
+    assert psnr == last["val/avg_val_psnr"] and mse == last["val/avg_val_recon_mse"]  # the last validation
+    assert 5.0 < psnr < 60.0 and 0.0 < mse < 0.5  # an untrained-ish tiny model: far from both noise and a perfect copy
+    assert psnr >= 10 * math.log10(1 / mse) - 1e-9  # the mean of per-frame PSNRs is at least the PSNR of the mean MSE
+    assert -1.0 <= summary["val"]["avg_val_ssim"] <= 1.0
+    # validation ran at every save; best.json names the step of the best (highest) PSNR, which the summary reports
+    assert summary["best_metric"] == max(v["val/avg_val_psnr"] for _, v in val)
+    assert json.loads((run / "best.json").read_text())["step"] == summary["best_step"]
+    assert summary["best_step"] in [s for s, _ in val] and step == 12
 
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    import wubugen.train.checkpoint as ckpt
+    import wubugen.checkpoint as ckpt
     from wubugen.cli import main
     real = ckpt.save_checkpoint
     def save_then_die(*a, **k):
@@ -129,7 +131,7 @@ def test_crafted_pickle_checkpoint_is_refused(tmp_path, cache, capsys):
 
 def inject_nan(monkeypatch, bad_call) -> None:
     """Make the reconstruction loss NaN on the micro-steps (1-based calls) for which bad_call(n) is true."""
-    import wubugen.train.step as step_mod
+    import wubugen.train.losses as step_mod
 
     calls = {"n": 0}
     real = step_mod.recon_loss
@@ -171,17 +173,17 @@ def test_nonfinite_again_after_rollback_stops_with_message(tmp_path, cache, monk
     assert "again after a rollback" in capsys.readouterr().err
 
 
-def test_skipped_step_leaves_weights_unchanged(cache):
+def test_skipped_step_leaves_weights_unchanged(tmp_path, cache):
     from wubugen.data import make_loader
     from wubugen.train.distributed import DistInfo
     from wubugen.train.trainer import Trainer
 
-    cfg = build_config("tiny", overrides={"cache_dir": cache, "checkpoint_dir": "/tmp/unused-run"})
+    cfg = build_config("tiny", overrides={"cache_dir": cache, "checkpoint_dir": str(tmp_path / "run")})
     tr = Trainer(cfg, DistInfo(), torch.device("cpu"))
     batch = next(iter(make_loader(tr.data.train, cfg, True)))
-    before = [p.detach().clone() for p in list(tr.model.parameters()) + list(tr.disc.parameters())]
+    before = [p.detach().clone() for p in list(tr.players.model.parameters()) + list(tr.players.disc.parameters())]
     tr.runner.run([batch], float("nan"), True)  # lambda_kl NaN: a non-finite G loss
-    after = list(tr.model.parameters()) + list(tr.disc.parameters())
+    after = list(tr.players.model.parameters()) + list(tr.players.disc.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, after))
     assert int(tr.runner.nonfinite_steps) == 1
 
@@ -194,7 +196,7 @@ def test_new_phase_with_film_lists_new_tensors_and_this_runs_flags_win(tmp_path,
     assert main(tiny_args(p2, cache, "--max_steps", "3", "--lambda_kl", "0.001", "--learning_rate_gen", "0.0002",
                           "--disc_use_gaad_film_condition", "--load_checkpoint", str(p1))) == 0
     out = capsys.readouterr().out
-    assert "RegionFiLM" in out or "net.0.weight" in out  # the new FiLM tensors, listed by name
+    assert "missing from checkpoint: blocks.0.2.net.0.weight, blocks.0.2.net.0.bias" in out  # the new FiLM tensors
     assert "lambda_kl 0.001" in out
     rows = [json.loads(line)["values"] for line in (p2 / "metrics.jsonl").read_text().splitlines()]
     assert json.loads((p2 / "summary.json").read_text())["steps"] == 3
@@ -216,7 +218,7 @@ DDP_WORKER = textwrap.dedent("""
     tr = Trainer(cfg, dist, device)
     tr.fit()
     h = hashlib.sha256()
-    for p in list(tr.model.parameters()) + list(tr.disc.parameters()):
+    for p in list(tr.players.model.parameters()) + list(tr.players.disc.parameters()):
         h.update(p.detach().numpy().tobytes())
     open(os.path.join(sys.argv[2], f"rank{dist.rank}.sha"), "w").write(h.hexdigest())
     cleanup(dist)
@@ -245,7 +247,7 @@ def test_sample_and_evaluate_commands(tmp_path, cache, capsys):
         assert main(["sample", "--checkpoint", str(run), "--num", "3", "--out", str(tmp_path / name)]) == 0
         assert (tmp_path / name).stat().st_size > 0
     assert main(["sample", "--checkpoint", str(run), "--num", "2", "--out", str(tmp_path / "bad.txt")]) == 2
-    data = REPO.parent / "shared" / "data" / "videos" / "val" / "sam2__01_dog.mp4"
+    data = DOG_VIDEO
     if not data.exists():
         pytest.skip("../shared/data is not beside the repository")
     assert main(["sample", "--checkpoint", str(run), "--num", "2", "--out", str(tmp_path / "ctx.png"),
@@ -265,7 +267,7 @@ def test_predict_task_reports_the_copy_last_frame_baseline(tmp_path, cache, caps
     assert main(tiny_args(run, cache, "--task", "predict", "--max_steps", "2", "--val_interval", "2")) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["val"]["copy_last_avg_val_psnr"] > 0
-    data = REPO.parent / "shared" / "data" / "videos" / "val" / "sam2__01_dog.mp4"
+    data = DOG_VIDEO
     if not data.exists():
         pytest.skip("../shared/data is not beside the repository")
     assert main(["evaluate", "--checkpoint", str(run), "--data", str(data), "--out", str(tmp_path / "ev.json"),
@@ -285,23 +287,24 @@ def test_compiled_training_runs_and_saves_plain_weight_names(tmp_path, cache):
 def test_ema_tracks_trainable_parameters_by_name_and_reads_old_checkpoints():
     from torch import nn
 
-    from wubugen.train.step import EMA, ema_state_by_name
+    from wubugen.checkpoint import ema_state_by_name
+    from wubugen.train.ema import EMA
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
     model[0].requires_grad_(False)  # frozen, like a frozen RAFT inside the motion branch
-    ema = EMA(model, decay=0.5)
+    ema = EMA(model, decay=0.5, warmup=False)
     assert ema.names == ["1.weight", "1.bias"]
-    start = {n: p.clone() for n, p in ema.state_dict().items()}
+    start = {n: p.clone() for n, p in ema.state_dict().items() if n in ema.names}
     with torch.no_grad():
         for p in model[1].parameters():
             p.add_(2.0)
     ema.update(model, torch.tensor(1.0))
-    for n, p in ema.state_dict().items():
-        torch.testing.assert_close(p, start[n] + 1.0)  # halfway to the moved weights
+    for n in ema.names:
+        torch.testing.assert_close(ema.state_dict()[n], start[n] + 1.0)  # halfway to the moved weights
     ema.update(model, torch.tensor(0.0))  # a skipped step leaves it alone
-    for n, p in ema.state_dict().items():
-        torch.testing.assert_close(p, start[n] + 1.0)
+    for n in ema.names:
+        torch.testing.assert_close(ema.state_dict()[n], start[n] + 1.0)
 
     live = {n: p.clone() for n, p in model.named_parameters()}
     with ema.swapped_into(model):
@@ -317,4 +320,24 @@ def test_ema_tracks_trainable_parameters_by_name_and_reads_old_checkpoints():
     fresh = EMA(model, 0.5)
     fresh.load_state_dict(by_name)
     torch.testing.assert_close(fresh.state_dict()["1.bias"], model[1].bias + 7)
+    assert float(fresh.current_decay()) == 0.5  # no update count saved: taken as warmed up
     assert ema_state_by_name(ema.state_dict(), model).keys() == ema.state_dict().keys()
+
+
+def test_ema_warmup_follows_the_update_count_and_is_saved():
+    from torch import nn
+
+    from wubugen.train.ema import EMA
+
+    model = nn.Linear(2, 2)
+    ema = EMA(model, decay=0.999)
+    decays = []
+    for keep in (1.0, 1.0, 0.0, 1.0):  # a skipped step (keep 0) does not count
+        decays.append(float(ema.current_decay()))
+        ema.update(model, torch.tensor(keep))
+    assert decays == pytest.approx([1 / 10, 2 / 11, 3 / 12, 3 / 12])
+    again = EMA(model, decay=0.999)
+    again.load_state_dict(ema.state_dict())
+    assert float(again.current_decay()) == pytest.approx(4 / 13)
+    ema.num_updates.fill_(1e6)
+    assert float(ema.current_decay()) == pytest.approx(0.999)

@@ -4,6 +4,7 @@ gradient or a non-finite one (exit code 1 if there is any)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -13,8 +14,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from wubugen.config import Config, add_config_arguments, config_from_args
-from wubugen.models.discriminator import build_discriminator
-from wubugen.models.vaegan import WuBuGAADHybridGen, build_model
+from wubugen.train.players import Players, build_players
 from wubugen.train.step import LOSS_KEYS, players_forward_backward
 
 
@@ -33,15 +33,14 @@ def random_clip(cfg: Config, batch: int, generator: torch.Generator | None = Non
     return (x * 2 - 1).reshape(batch, cfg.window_frames, d.num_channels, d.image_h, d.image_w)
 
 
-def training_step_grads(model: WuBuGAADHybridGen, disc: nn.Module, clip: Tensor, cfg: Config,
-                        flow: Tensor | None = None) -> StepReport:
+def training_step_grads(players: Players, clip: Tensor, flow: Tensor | None = None) -> StepReport:
     """One generator forward reused for both players; D on [real; fake.detach()] in one forward; G through a frozen D.
     Leaves gradients in .grad of both networks."""
-    values, out, adv_logits = players_forward_backward(model, disc, disc, list(disc.parameters()), clip, flow, cfg,
-                                                       cfg.train.lambda_kl, True)
+    r = players_forward_backward(players, clip, flow, players.cfg.train.lambda_kl, True)
+    out = r.out
     shapes = {"input": tuple(clip.shape), "target": tuple(out.target.shape), "recon": tuple(out.recon.shape),
-              "mu": tuple(out.mu.shape), "d_logits": tuple(adv_logits.shape)}
-    losses = dict(zip(LOSS_KEYS, values.tolist()))
+              "mu": tuple(out.mu.shape), "d_logits": tuple(r.fake_logits.shape)}
+    losses = dict(zip(LOSS_KEYS, r.losses.tolist()))
     return StepReport(shapes, losses, 0)
 
 
@@ -88,13 +87,15 @@ def run_inspect(cfg: Config, batch: int = 2, seed: int = 0, out=None) -> int:
     out = out or sys.stdout
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    model = build_model(cfg)
-    disc = build_discriminator(cfg)
+    # the step as the trainer builds it, eagerly on the CPU (no torch.compile there)
+    players = build_players(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=False)),
+                            torch.device("cpu"), log=lambda *a: None)
+    model, disc = players.model, players.disc
     model.train()
     disc.train()
     clip = random_clip(cfg, batch, torch.Generator().manual_seed(seed))
     with FlopCounterMode(display=False) as counter:
-        report = training_step_grads(model, disc, clip, cfg)
+        report = training_step_grads(players, clip)
     flops = counter.get_total_flops()
 
     m = cfg.model

@@ -4,7 +4,8 @@ The trainer uses:
     bundle = build_datasets(cfg, rank, world_size)         # bundle.train, bundle.val (or None), bundle.info
     loader = make_loader(bundle.train, cfg, train=True, rank=rank, world_size=world_size, epoch=e, start_batch=k)
     x = to_model_range(batch.to(device, non_blocking=True))  # uint8 (B, T, C, H, W) -> float [-1, 1]
-Media code uses write_video / write_gif / to_uint8, and `wubugen sample --context` uses read_clip.
+Media code uses write_video / write_gif / to_uint8 (defined in `wubugen.media`, re-exported here so old imports keep
+working), and `wubugen sample --context` uses read_clip.
 
 Names are imported on first use, so the model and training step (which need only `to_model_range`) import without the
 video decoders (PyAV, OpenCV), e.g. on a GPU machine that trains from tensors.
@@ -15,15 +16,15 @@ _EXPORTS = {
     "WindowDataset": "wubugen.data.dataset",
     "make_loader": "wubugen.data.loader",
     "to_model_range": "wubugen.data.loader",
-    "to_uint8": "wubugen.data.loader",
     "DataBundle": "wubugen.data.pipeline",
     "DataInfo": "wubugen.data.pipeline",
     "SourceInfo": "wubugen.data.pipeline",
     "build_datasets": "wubugen.data.pipeline",
     "DecodeError": "wubugen.data.video_io",
-    "read_clip": "wubugen.data.video_io",
-    "write_gif": "wubugen.data.video_io",
-    "write_video": "wubugen.data.video_io",
+    "read_clip": "wubugen.data.sources",
+    "to_uint8": "wubugen.media",
+    "write_gif": "wubugen.media",
+    "write_video": "wubugen.media",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import struct
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 from wubugen.data.sources import Source, frame_reader
 from wubugen.data.video_io import DecodeError, FrameFormat, SourceProps
 from wubugen.errors import UserError
+from wubugen.media import atomic_output
 
 try:
     import fcntl
@@ -187,46 +187,39 @@ def get_or_build(
 
 
 def _build(source: Source, path: Path, fmt: FrameFormat, min_frames: int, frame_threads: bool) -> CacheEntry:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     props = SourceProps()
     diffs: list[float] = []
     prev: np.ndarray | None = None
     n = 0
-    try:
-        with open(tmp, "wb") as f:
-            for frame in frame_reader(source, fmt, props, frame_threads=frame_threads):
-                chw = np.ascontiguousarray(frame.transpose(2, 0, 1))
-                f.write(chw.tobytes())
-                cur = chw.astype(np.int16)
-                diffs.append(0.0 if prev is None else round(float(np.abs(cur - prev).mean()), 3))
-                prev = cur
-                n += 1
-            if n < min_frames:
-                raise DecodeError(source.path, f"{n} frames, fewer than the {min_frames} one window needs")
-            meta = {
-                "version": CACHE_VERSION,
-                "source": str(source.path),
-                "kind": source.kind,
-                "frames": n,
-                "shape": [fmt.channels, fmt.height, fmt.width],
-                "resize": fmt.resize,
-                "width": props.width,
-                "height": props.height,
-                "fps": props.fps,
-                "codec": props.codec,
-                "pix_fmt": props.pix_fmt,
-                "declared_frames": props.declared_frames,
-                "clip_starts": props.clip_starts,
-                "notes": props.notes,
-                "diffs": diffs,
-            }
-            blob = json.dumps(meta).encode("utf-8")
-            f.write(blob)
-            f.write(_TRAILER.pack(len(blob), _MAGIC))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only still there if decoding failed or was interrupted
+    # streamed to a temporary file, renamed into place only once the whole source decoded (see wubugen.media)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        for frame in frame_reader(source, fmt, props, frame_threads=frame_threads):
+            chw = np.ascontiguousarray(frame.transpose(2, 0, 1))
+            f.write(chw.tobytes())
+            cur = chw.astype(np.int16)
+            diffs.append(0.0 if prev is None else round(float(np.abs(cur - prev).mean()), 3))
+            prev = cur
+            n += 1
+        if n < min_frames:
+            raise DecodeError(source.path, f"{n} frames, fewer than the {min_frames} one window needs")
+        meta = {
+            "version": CACHE_VERSION,
+            "source": str(source.path),
+            "kind": source.kind,
+            "frames": n,
+            "shape": [fmt.channels, fmt.height, fmt.width],
+            "resize": fmt.resize,
+            "width": props.width,
+            "height": props.height,
+            "fps": props.fps,
+            "codec": props.codec,
+            "pix_fmt": props.pix_fmt,
+            "declared_frames": props.declared_frames,
+            "clip_starts": props.clip_starts,
+            "notes": props.notes,
+            "diffs": diffs,
+        }
+        blob = json.dumps(meta).encode("utf-8")
+        f.write(blob)
+        f.write(_TRAILER.pack(len(blob), _MAGIC))
     return CacheEntry(path, n, (fmt.channels, fmt.height, fmt.width), meta)

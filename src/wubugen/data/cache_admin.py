@@ -1,7 +1,7 @@
 """What the cache holds and how to shrink it: `wubugen data cache`.
 
 Entries are never rebuilt in place: a new frame size, resize mode or flow backend gives new keys, and the old entries stay
-until removed here. Cache hits touch an entry's modification time (data/cache.py, flow/cache.py), so "last used" is
+until removed here. Cache hits touch an entry's modification time (data/cache.py, data/flow_cache.py), so "last used" is
 the mtime. Leftover temporary files (a build killed by SIGKILL or power loss) are removed by any prune once they are
 older than a day (a build in progress elsewhere is younger). Removing an entry that a running job has memory-mapped is
 safe on POSIX systems: the job keeps reading the unlinked file; a later run rebuilds it.

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from wubugen.data.batch import ClipBatch
 from wubugen.data.cache import CacheEntry
 from wubugen.data.windows import WindowSpec, WindowTable
 
@@ -95,22 +96,32 @@ class WindowDataset(Dataset):
             self._maps.move_to_end(src)
         return arr
 
-    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """uint8 (T, C, H, W); with flows attached (set_flow), (frames, float16 flow (steps, 2, H, W))."""
+    def _check(self, index: int) -> int:
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"window {index} out of range [0, {len(self)})")
+        return index
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """The window's frames, uint8 (T, C, H, W) (augmented when augmentation is on)."""
+        index = self._check(index)
         src = int(self.table.source[index])
         start = int(self.table.start[index])
         clip = np.array(self._frames(src)[start:start + self.spec.span:self.spec.skip])  # copy out of the map
         if self.augment:
             clip = self._augment(clip, index)
-        if self.flow_steps:  # motion branch
-            return torch.from_numpy(clip), torch.from_numpy(self._flow_window(src, start, index))
         return torch.from_numpy(clip)
 
-    def __getitems__(self, indices: list[int]) -> torch.Tensor:
-        """A whole batch, uint8 (B, T, C, H, W), copied from the cache straight into one tensor.
+    def flows_of(self, index: int) -> torch.Tensor:
+        """With flows attached (set_flow): the window's float16 flows (steps, 2, H, W), augmented as its frames."""
+        if not self.flow_steps:
+            raise ValueError("no flows attached to this dataset (the motion branch's flow cache does that)")
+        index = self._check(index)
+        src, start = int(self.table.source[index]), int(self.table.start[index])
+        return torch.from_numpy(self._flow_window(src, start, index))
+
+    def __getitems__(self, indices: list[int]) -> ClipBatch:
+        """A whole batch: uint8 frames (B, T, C, H, W), copied from the cache straight into one tensor [+ flows].
 
         In a DataLoader worker the tensor is allocated in shared memory, so it reaches the main process without the
         per-item tensors and the stacking copy of the default collate (one copy per batch instead of two).
@@ -134,7 +145,7 @@ class WindowDataset(Dataset):
             else:
                 src, start = int(self.table.source[index]), int(self.table.start[index])
                 np.copyto(target[j], self._frames(src)[start:start + self.spec.span:self.spec.skip])
-        return out
+        return ClipBatch(out)
 
     def draws(self, index: int) -> np.ndarray:
         """The augmentation's random numbers for (seed, epoch, index): [crop scale, crop y, crop x, flip], in [0, 1)."""
@@ -163,10 +174,10 @@ class WindowDataset(Dataset):
 
     # --- motion branch (wubugen.flow) ---------------------------------------------------------------------------------
     def set_flow(self, entries: list[Any] | None, steps: int = 0) -> None:
-        """Serve each window with the cached flows of its first `steps + 1` frames: items become (frames uint8
-        (T, C, H, W), flow float16 (steps, 2, H, W)), flow j going from window frame j to frame j + 1. `entries[i]`
-        (a wubugen.flow.cache.FlowEntry) holds source i's flows, frame k -> frame k + frame_skip for every k.
-        None detaches the flows (plain frame items again)."""
+        """Serve each window with the cached flows of its first `steps + 1` frames: batches then carry float16 flows
+        (B, steps, 2, H, W) (`flows_of` gives one window's), flow j going from window frame j to frame j + 1. `entries[i]`
+        (a wubugen.data.flow_cache.FlowEntry) holds source i's flows, frame k -> frame k + frame_skip for every k.
+        None detaches the flows."""
         if entries is None or steps <= 0:
             self.flow_paths, self.flow_steps = None, 0
         else:
@@ -218,7 +229,7 @@ class WindowDataset(Dataset):
             flow[:, 0] *= -1
         return flow
 
-    def _getitems_with_flow(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _getitems_with_flow(self, indices: list[int]) -> ClipBatch:
         c, h, w = self.shapes[int(self.table.source[int(indices[0])])]
         frames = torch.empty((len(indices), self.spec.frames, c, h, w), dtype=torch.uint8)
         flows = torch.empty((len(indices), self.flow_steps, 2, h, w), dtype=torch.float16)
@@ -226,8 +237,8 @@ class WindowDataset(Dataset):
             frames.share_memory_()
             flows.share_memory_()
         for j, index in enumerate(indices):
-            frames[j], flows[j] = self[index]
-        return frames, flows
+            frames[j], flows[j] = self[index], self.flows_of(index)
+        return ClipBatch(frames, flows)
 
     def describe(self) -> str:
         return f"{len(self)} windows of {self.spec.frames} frames from {len(set(self.table.source.tolist()))} sources"

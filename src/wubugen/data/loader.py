@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from wubugen.data.batch import ClipBatch
 from wubugen.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,20 +81,11 @@ class ShardBatchSampler(Sampler[list[int]]):
         return (len(self.indices) + self.batch_size - 1) // self.batch_size
 
 
-def collate_windows(batch: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
-    """A batch from WindowDataset.__getitems__ is already one tensor (or, with the motion branch's flows, a tuple
-    (frames, flows)); other datasets' item lists are stacked."""
-    if isinstance(batch, tuple):  # motion branch: __getitems__ collated (frames, flows) already
+def collate_windows(batch: ClipBatch | list[torch.Tensor]) -> ClipBatch:
+    """A batch from WindowDataset.__getitems__ is a ClipBatch already; other datasets' frame items are stacked."""
+    if isinstance(batch, ClipBatch):
         return batch
-    return batch if isinstance(batch, torch.Tensor) else default_collate(batch)
-
-
-def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A loader batch -> (uint8 frames (B, T, C, H, W), float16 flows (B, T_enc - 1, 2, H, W) or None).
-    Batches carry flows only when the motion branch's flow cache is attached to the dataset."""
-    if isinstance(batch, (tuple, list)):
-        return batch[0], batch[1]
-    return batch, None
+    return ClipBatch(default_collate(batch))
 
 
 def _seed_worker(worker_id: int, base: int) -> None:
@@ -125,7 +117,8 @@ def make_loader(
     start_batch: int = 0,
     pin_memory: bool | None = None,
 ) -> DataLoader:
-    """A DataLoader yielding uint8 (B, T, C, H, W) batches; B = cfg.train.batch_size per rank.
+    """A DataLoader yielding ClipBatch batches (uint8 frames (B, T, C, H, W) [+ flows]); B = cfg.train.batch_size per
+    rank.
 
     pin_memory: None pins when CUDA is available. Workers: cfg.data.num_workers (0 loads in this process).
     """
@@ -164,8 +157,3 @@ def make_loader(
 def to_model_range(x: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float32 [-1, 1] (x / 127.5 - 1). Apply on the device, after the transfer."""
     return x.float() / 127.5 - 1.0
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float in [-1, 1] (clamped) -> uint8 [0, 255], rounded: the inverse of to_model_range."""
-    return ((x.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wubugen.data.video_io import atomic_output
+from wubugen.media import atomic_output
 from wubugen.errors import UserError
 
 CANVAS = 64

@@ -15,12 +15,18 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from wubugen.data.video_io import FrameFormat, SourceProps, natural_key, read_clip_array, read_frame_folder, read_video
+from wubugen.data.video_io import (DecodeError, FrameFormat, SourceProps, natural_key, read_clip_array, read_frame_folder,
+                                   read_video)
 from wubugen.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from wubugen.config import Config
 
 VIDEO_SUFFIXES = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .gif .mpg .mpeg .m2v .ts .m2ts .mts .wmv .flv .3gp .3g2 .ogv .y4m .mxf .dv".split()
@@ -158,3 +164,31 @@ def relative_name(source: Source, root: str | os.PathLike[str] | None) -> str:
                 return str(source.path)
             return str(rel) if str(rel) != "." else source.path.name
     return str(source.path)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One clip, straight from a file (no cache)
+# --------------------------------------------------------------------------------------------------------------------
+def read_clip(
+    path_or_dir: str | os.PathLike[str], cfg: Config, *, num_frames: int | None = None, start: int = 0
+) -> torch.Tensor:
+    """The first clip of a video file, frame folder or clip array, as uint8 (T, C, H, W), T = num_frames.
+
+    Frames are taken every `cfg.data.frame_skip` frames from frame `start`; num_frames defaults to cfg.window_frames.
+    Raises UserError when the source is unusable or too short.
+    """
+    import torch
+
+    t = cfg.window_frames if num_frames is None else num_frames
+    skip = cfg.data.frame_skip
+    need = start + (t - 1) * skip + 1
+    found = discover(str(path_or_dir), what="clip path")
+    if len(found.sources) != 1:
+        raise UserError(f"{path_or_dir}: holds {len(found.sources)} videos; give one video file or frame folder")
+    source = found.sources[0]
+    fmt = FrameFormat.from_config(cfg)
+    frames = list(frame_reader(source, fmt, SourceProps(), max_frames=need))
+    if len(frames) < need:
+        raise DecodeError(source.path, f"{len(frames)} frames, fewer than the {need} this clip needs")
+    clip = np.stack(frames[start:need:skip])  # (T, H, W, C)
+    return torch.from_numpy(np.ascontiguousarray(clip.transpose(0, 3, 1, 2)))

@@ -1,4 +1,5 @@
-"""Decoding and encoding footage: videos through PyAV, numbered frames through Pillow, clip arrays through NumPy.
+"""Decoding footage: videos through PyAV, numbered frames through Pillow, clip arrays through NumPy. (Encoding and
+atomic writes live in `wubugen.media`.)
 
 Every reader yields frames already fitted to the output size (by the resize policy) and channel count, as uint8 arrays
 of shape (H, W, C), so each frame is resized exactly once, when the cache is built (the original resized every frame on
@@ -16,10 +17,8 @@ import contextlib
 import os
 import re
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +32,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from wubugen.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
     from wubugen.config import Config
 
 RESIZE_POLICIES = ("center_crop", "stretch", "pad")
@@ -469,121 +466,3 @@ def read_clip_array(
                 img = _composite_over_black(img, props)
             yield np.ascontiguousarray(fit_frame(img[:, :, 0] if img.shape[2] == 1 else img, fmt))
             n += 1
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Writers
-# --------------------------------------------------------------------------------------------------------------------
-def _as_thwc_uint8(frames: np.ndarray | torch.Tensor) -> np.ndarray:
-    arr = frames.detach().cpu().numpy() if hasattr(frames, "detach") else np.asarray(frames)
-    if arr.dtype != np.uint8:
-        raise TypeError(f"frames must be uint8, not {arr.dtype}")
-    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
-        raise ValueError(f"frames must be (T, H, W, C) with C in 1, 3; got shape {tuple(arr.shape)}")
-    if len(arr) == 0:
-        raise ValueError("no frames to write")
-    return arr
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (same suffix); move it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_video(
-    path: str | os.PathLike[str],
-    frames: np.ndarray | torch.Tensor,
-    fps: float,
-    *,
-    crf: int = 18,
-    pix_fmt: str = "yuv420p",
-) -> Path:
-    """Write (T, H, W, C) uint8 frames (C = 1 or 3) to a video file, atomically.
-
-    `.gif` goes through Pillow. Other suffixes (.mp4, .mkv, .mov, .avi) get H.264 through libx264 with `crf`, or MPEG-4
-    Part 2 when this FFmpeg build lacks libx264. yuv420p (what players accept) needs even sizes, so an odd last row or
-    column is repeated; pass pix_fmt="yuv444p" to keep odd sizes and full colour resolution (libx264 only).
-    """
-    arr = _as_thwc_uint8(frames)
-    path = Path(path)
-    if path.suffix.lower() == ".gif":
-        return write_gif(path, arr, fps)
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    if pix_fmt == "yuv420p" or codec != "libx264":
-        pix_fmt = "yuv420p"
-        ph, pw = arr.shape[1] % 2, arr.shape[2] % 2
-        if ph or pw:
-            arr = np.pad(arr, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
-    rate = Fraction(fps).limit_denominator(1001)
-    with atomic_output(path) as tmp, av.open(os.fspath(tmp), mode="w", format=_muxer_for(path)) as out:
-        stream = out.add_stream(codec, rate=rate)
-        stream.width, stream.height = arr.shape[2], arr.shape[1]
-        stream.pix_fmt = pix_fmt
-        if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": "medium"}
-        else:
-            stream.bit_rate = 8_000_000
-        for img in arr:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
-
-
-def _muxer_for(path: Path) -> str:
-    muxers = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".webm": "webm"}
-    suffix = path.suffix.lower()
-    if suffix not in muxers:
-        raise UserError(f"{path}: cannot write video with suffix {suffix!r} (use .mp4, .mkv, .mov, .avi or .gif)")
-    return muxers[suffix]
-
-
-def write_gif(path: str | os.PathLike[str], frames: np.ndarray | torch.Tensor, fps: float) -> Path:
-    """Write (T, H, W, C) uint8 frames as a looping GIF through Pillow, atomically."""
-    arr = _as_thwc_uint8(frames)
-    mode = "L" if arr.shape[-1] == 1 else "RGB"
-    images = [Image.fromarray(f[..., 0] if mode == "L" else f, mode=mode) for f in arr]
-    with atomic_output(path) as tmp:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    return Path(path)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# One clip, straight from a file (no cache)
-# --------------------------------------------------------------------------------------------------------------------
-def read_clip(
-    path_or_dir: str | os.PathLike[str], cfg: Config, *, num_frames: int | None = None, start: int = 0
-) -> torch.Tensor:
-    """The first clip of a video file, frame folder or clip array, as uint8 (T, C, H, W), T = num_frames.
-
-    Frames are taken every `cfg.data.frame_skip` frames from frame `start`; num_frames defaults to cfg.window_frames.
-    Raises UserError when the source is unusable or too short.
-    """
-    import torch
-
-    from wubugen.data.sources import discover, frame_reader
-
-    t = cfg.window_frames if num_frames is None else num_frames
-    skip = cfg.data.frame_skip
-    need = start + (t - 1) * skip + 1
-    found = discover(str(path_or_dir), what="clip path")
-    if len(found.sources) != 1:
-        raise UserError(f"{path_or_dir}: holds {len(found.sources)} videos; give one video file or frame folder")
-    source = found.sources[0]
-    fmt = FrameFormat.from_config(cfg)
-    frames = list(frame_reader(source, fmt, SourceProps(), max_frames=need))
-    if len(frames) < need:
-        raise DecodeError(source.path, f"{len(frames)} frames, fewer than the {need} this clip needs")
-    clip = np.stack(frames[start:need:skip])  # (T, H, W, C)
-    return torch.from_numpy(np.ascontiguousarray(clip.transpose(0, 3, 1, 2)))

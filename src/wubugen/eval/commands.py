@@ -4,36 +4,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from wubugen.config import Config, config_from_dict
+from wubugen.checkpoint import load_trained
+from wubugen.config import Config
 from wubugen.errors import UserError
-
-
-def load_trained(path: str, device: torch.device, prefer: str = "best", use_ema: bool = True):
-    """(config, model in eval mode) from a checkpoint directory, a run directory or a pointer file."""
-    from wubugen.models.vaegan import build_model
-    from wubugen.train import checkpoint as ckpt
-
-    c = ckpt.load_checkpoint(ckpt.resolve_checkpoint(path, prefer=prefer), map_location="cpu")
-    cfg = config_from_dict(c.meta["config"])
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg)
-    ckpt.load_module_weights(model, c.weights["model"], strict=True, name="model")
-    if use_ema and "ema" in c.weights:
-        from wubugen.train.step import ema_state_by_name
-
-        state = ema_state_by_name(c.weights["ema"], model)
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in state:  # frozen parameters (a frozen flow net) have no EMA: their weights are the model's
-                    p.copy_(state[n])
-    return cfg, model.to(device).eval(), c
+from wubugen.media import atomic_write_text
 
 
 def _device(name: str) -> torch.device:
@@ -49,8 +29,8 @@ def _autocast(device: torch.device):
 
 
 def _sample_cmd(args: argparse.Namespace) -> int:
-    from wubugen.data import read_clip, to_model_range, to_uint8
-    from wubugen.track.media import save_clips
+    from wubugen.data import read_clip, to_model_range
+    from wubugen.media import save_clips, to_uint8
 
     out = Path(args.out)
     if out.suffix.lower() not in (".mp4", ".gif", ".png"):
@@ -122,11 +102,7 @@ def _evaluate_cmd(args: argparse.Namespace) -> int:
             extra = f" {'-' if b is None else f'{b:.4f}':>10}"
         print(f"{label:<12} {cell:>10}{extra}")
     print(f"{result['clips']} clips from {args.data}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    out = atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

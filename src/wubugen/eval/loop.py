@@ -10,7 +10,6 @@ import torch
 from torch import Tensor, nn
 
 from wubugen.config import Config
-from wubugen.data.loader import split_batch
 from wubugen.eval.metrics import LPIPSMetric, VideoMetrics
 
 
@@ -27,8 +26,8 @@ def metric_pass(model: nn.Module, batches: Iterable, cfg: Config, device: torch.
                 prepare: Callable[[Tensor], Tensor], prepare_flow: Callable[[Tensor | None], Tensor | None],
                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                 max_batches: int = 0, keep: int = 0) -> EvalPass:
-    """Runs `model` (already in the mode and with the weights the caller wants) over loader batches (uint8 clips, or
-    clips with cached flows). Sums stay on the device: the caller reduces them across ranks and reads them once."""
+    """Runs `model` (already in the mode and with the weights the caller wants) over loader batches (ClipBatch: uint8
+    clips [+ cached flows]). Sums stay on the device: the caller reduces them across ranks and reads them once."""
     metrics = VideoMetrics(device, lpips)
     copy_last = VideoMetrics(device, None) if cfg.model.task == "predict" else None
     shown, clips = None, 0
@@ -36,10 +35,9 @@ def metric_pass(model: nn.Module, batches: Iterable, cfg: Config, device: torch.
     for i, batch in enumerate(batches):
         if max_batches and i >= max_batches:
             break
-        batch, flow = split_batch(batch)
-        clip = prepare(batch)
+        clip = prepare(batch.frames)
         with autocast():
-            out = model(clip, prepare_flow(flow), sample_posterior=False)
+            out = model(clip, prepare_flow(batch.flow), sample_posterior=False)
         metrics.update(out.recon.float(), out.target.float())
         if copy_last is not None:
             copy_last.update(clip[:, t_in - 1:t_in].expand_as(out.target), out.target)

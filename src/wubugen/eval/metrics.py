@@ -15,7 +15,6 @@ import math
 import os
 import pickle
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -24,11 +23,12 @@ from torchmetrics.functional.image.ssim import structural_similarity_index_measu
 
 from wubugen.errors import UserError
 
-METRIC_DIRECTIONS: dict[str, Literal["max", "min"]] = {
-    "avg_val_psnr": "max",
-    "avg_val_ssim": "max",
-    "avg_val_recon_mse": "min",
-    "avg_val_lpips": "min",
+# Every validation metric's direction, the one definition: True = higher is better (best checkpoint, lambda_KL reward).
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "avg_val_psnr": True,
+    "avg_val_ssim": True,
+    "avg_val_recon_mse": False,
+    "avg_val_lpips": False,
 }
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's ImageNet AlexNet, as torch.hub caches it
 MSE_FLOOR = 1e-10  # PSNR cap of 100 dB for identical frames
@@ -37,17 +37,17 @@ SSIM_SIGMA = 1.5
 
 
 def is_better(metric: str, new: float | None, best: float | None) -> bool:
-    """Whether `new` improves on `best` for `metric` (direction from METRIC_DIRECTIONS).
+    """Whether `new` improves on `best` for `metric` (direction from HIGHER_IS_BETTER).
 
     An unavailable (None) or non-finite new value never improves; anything finite improves on no best yet.
     """
-    if metric not in METRIC_DIRECTIONS:
-        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRIC_DIRECTIONS)}")
+    if metric not in HIGHER_IS_BETTER:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(HIGHER_IS_BETTER)}")
     if new is None or not math.isfinite(new):
         return False
     if best is None or not math.isfinite(best):
         return True
-    return new > best if METRIC_DIRECTIONS[metric] == "max" else new < best
+    return new > best if HIGHER_IS_BETTER[metric] else new < best
 
 
 # --------------------------------------------------------------------------------------------------------------------

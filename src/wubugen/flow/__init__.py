@@ -1,9 +1,9 @@
-"""Optical flow for the motion branch: backends (torchvision RAFT with local weights, OpenCV DIS), regional statistics
-and the flow cache.
+"""Optical flow for the motion branch: backends (torchvision RAFT with local weights, OpenCV DIS) and regional
+statistics, as functions of tensors. The flow cache, which serves flows with the frames, is on the data side
+(wubugen.data.flow_cache).
 
     estimator = build_flow_estimator(cfg.model)           # FlowEstimator: estimator(a, b) -> (N, 2, H, W)
     stats = regional_flow_stats(flow, rects, components)   # (N, R, S), all pairs and regions at once
-    attach_flow_cache(bundle, cfg, estimator, rank=..., world_size=...)  # datasets then serve (frames, flow)
 """
 from wubugen.flow.backends import (
     RAFT_FILES,

@@ -3,10 +3,13 @@
 Two paths meet in the latent:
   * the GAAD/WuBu path: a shallow CNN at full resolution, one batched RoIAlign over all frames and regions (or batched pixel
     patches), WuBu-S per region and frame, then WuBu-T per region over the concatenated time axis (every frame, and every
-    motion step when the motion branch is on, reaches the latent: SPEC D8 fixed);
-  * a spatial path: the same shallow features downsampled to 1/latent_downsample, mixed over time by a 3-D conv.
+    motion step when the motion branch is on, reaches the latent);
+  * a spatial path: the same shallow features downsampled to 1/latent_downsample (of every encoder frame, or with
+    `encoder_targets_only` of the frames the latent stands for), mixed over time by 3-D convs, with optional residual
+    blocks at the latent resolution.
 For a spatial latent the WuBu-T region codes are painted onto the latent grid through the rasterised GAAD boxes and join the
-spatial features; for a global latent (the original's shape) the region codes are pooled into one vector.
+spatial features (added, or through a learned gate: `region_codes`); for a global latent (the original's shape) the region
+codes are pooled into one vector.
 """
 from __future__ import annotations
 
@@ -16,9 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from wubugen.config import Config
+from wubugen.config import FrameGeometry, ModelConfig
 from wubugen.gaad import normalized_boxes
-from wubugen.models.layers import group_norm, masks_for, region_boxes
+from wubugen.models.layers import ResBlock3d, group_norm, masks_for, region_boxes
 from wubugen.models.roi import StaticRoIAlign
 from wubugen.models.wubu import WuBuStack
 
@@ -41,9 +44,10 @@ def conv3d_block(cin: int, cout: int, kt: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(cin, cout, (kt, 3, 3), 1, (kt // 2, 1, 1)), group_norm(cout), nn.GELU())
 
 
-def latent_grid(cfg: Config) -> tuple[int, int]:
-    f = cfg.model.latent_downsample
-    return math.ceil(cfg.data.image_h / f), math.ceil(cfg.data.image_w / f)
+def latent_grid(m: ModelConfig, geo: FrameGeometry) -> tuple[int, int]:
+    """(h, w) of a spatial latent: the frame at 1/latent_downsample, rounded up."""
+    f = m.latent_downsample
+    return math.ceil(geo.height / f), math.ceil(geo.width / f)
 
 
 class RegionalEncoder(nn.Module):
@@ -51,17 +55,25 @@ class RegionalEncoder(nn.Module):
     -> mu, logvar: (B, C_z, T_out, h, w) for a spatial latent or (B, latent_dim) for a global one,
        context features (B, C_e, h, w) of the last encoder frame (used by the generator in the predict task)."""
 
-    def __init__(self, cfg: Config, motion_dim: int = 0):
+    def __init__(self, m: ModelConfig, geo: FrameGeometry, motion_dim: int = 0):
         super().__init__()
-        m, d = cfg.model, cfg.data
-        self.cfg = cfg
-        self.t_enc = cfg.encoder_frames
-        self.t_out = d.num_predict_frames
+        self.t_enc = geo.encoder_frames(m.task)
+        self.t_out = geo.predict_frames
         self.spatial = m.latent_type == "spatial"
-        H, W, C = d.image_h, d.image_w, d.num_channels
+        self.latent_downsample = m.latent_downsample
+        H, W, C = geo.height, geo.width, geo.channels
         cs, ce = m.encoder_shallow_cnn_channels, m.encoder_channels
-        self.h, self.w = latent_grid(cfg)
-        self.checkpointing = cfg.train.activation_checkpointing
+        self.h, self.w = latent_grid(m, geo)
+        self.checkpointing = False  # a runtime switch (layers.set_activation_checkpointing), not a model option
+        self.region_codes = m.region_codes
+        self.use_regions = m.region_codes != "none"
+        if not self.use_regions and not self.spatial:
+            raise ValueError("a global latent is made of the region codes: region_codes 'none' needs a spatial latent")
+        if not self.use_regions and motion_dim:
+            raise ValueError("the motion branch joins the latent through WuBu-T: region_codes 'none' has no place for it")
+        # the spatial CNN's frames: the ones the latent stands for (reconstruct, targets only) or every encoder frame
+        self.targets_only = m.encoder_targets_only and m.task == "reconstruct" and self.spatial
+        self.t_spatial = self.t_out if self.targets_only else self.t_enc
 
         boxes = region_boxes(m, W, H)
         self.register_buffer("box_features", normalized_boxes(boxes, W, H), persistent=False)  # (R, 4)
@@ -77,97 +89,125 @@ class RegionalEncoder(nn.Module):
             self.down = nn.Sequential(*[conv2d_block(chans[i], chans[i + 1], stride=2) for i in range(n_down)],
                                       conv2d_block(chans[-1], ce))
 
-        # GAAD regions -> WuBu-S
-        self.use_roi_align = m.encoder_use_roi_align
-        if self.use_roi_align:
-            self.roi_size = (m.encoder_roi_align_output_h, m.encoder_roi_align_output_w)
-            patch_dim = cs * self.roi_size[0] * self.roi_size[1]
-        else:
-            self.roi_size = (m.encoder_pixel_patch_size, m.encoder_pixel_patch_size)
-            patch_dim = C * self.roi_size[0] * self.roi_size[1]
-        # RoIAlign (sampling ratio 2, aligned) over the fixed boxes as a static gather (models/roi.py); the pixel-patch
-        # mode is the same op on the frames
-        self.roi = StaticRoIAlign(boxes, H, W, self.roi_size, sampling_ratio=2)
-        self.patch_embed = nn.Linear(patch_dim, m.encoder_initial_tangent_dim)
-        stack_kw = dict(dropout=m.wubu_dropout, boundary_points=m.wubu_boundary_points,
-                        hidden_ratio=m.wubu_combiner_hidden_ratio, euclidean=m.wubu_euclidean)
-        self.wubu_s = WuBuStack(m.encoder_initial_tangent_dim, m.wubu_s, **stack_kw)
-        ds = self.wubu_s.out_dim
-
-        # WuBu-T over time: per region, the concatenation of its T_enc frame features (+ motion) and its box
-        self.motion_dim = motion_dim
-        t_in = self.t_enc * (ds + motion_dim) + 4
-        self.wubu_t = WuBuStack(t_in, m.wubu_t, **stack_kw)
-        dt = self.wubu_t.out_dim
+        dt = 0
+        if self.use_regions:
+            # GAAD regions -> WuBu-S
+            self.use_roi_align = m.encoder_use_roi_align
+            if self.use_roi_align:
+                self.roi_size = (m.encoder_roi_align_output_h, m.encoder_roi_align_output_w)
+                patch_dim = cs * self.roi_size[0] * self.roi_size[1]
+            else:
+                self.roi_size = (m.encoder_pixel_patch_size, m.encoder_pixel_patch_size)
+                patch_dim = C * self.roi_size[0] * self.roi_size[1]
+            # RoIAlign (sampling ratio 2, aligned) over the fixed boxes as a static gather (models/roi.py); the
+            # pixel-patch mode is the same op on the frames
+            self.roi = StaticRoIAlign(boxes, H, W, self.roi_size, sampling_ratio=2)
+            self.patch_embed = nn.Linear(patch_dim, m.encoder_initial_tangent_dim)
+            stack_kw = dict(dropout=m.wubu_dropout, boundary_points=m.wubu_boundary_points,
+                            hidden_ratio=m.wubu_combiner_hidden_ratio, euclidean=m.wubu_euclidean)
+            self.wubu_s = WuBuStack(m.encoder_initial_tangent_dim, m.wubu_s, **stack_kw)
+            ds = self.wubu_s.out_dim
+            # WuBu-T over time: per region, the concatenation of its T_enc frame features (+ motion) and its box
+            self.motion_dim = motion_dim
+            t_in = self.t_enc * (ds + motion_dim) + 4
+            self.wubu_t = WuBuStack(t_in, m.wubu_t, **stack_kw)
+            dt = self.wubu_t.out_dim
 
         if self.spatial:
-            masks = masks_for(boxes, W, H, self.h, self.w)
-            self.register_buffer("paint", masks / masks.sum(0, keepdim=True).clamp_min(1e-6), persistent=False)
-            self.region_to_map = nn.Linear(dt, ce)
-            self.time_mix = conv3d_block(ce, ce, 3 if self.t_enc > 1 else 1)
-            # learned map from encoder time steps to latent time steps; starts by picking the frames the latent stands
-            # for (the targets when reconstructing, the last context frame when predicting), every frame still reachable
-            proj = torch.zeros(self.t_out, self.t_enc)
+            if self.use_regions:
+                masks = masks_for(boxes, W, H, self.h, self.w)
+                self.register_buffer("paint", masks / masks.sum(0, keepdim=True).clamp_min(1e-6), persistent=False)
+                self.region_to_map = nn.Linear(dt, ce)
+            self.time_mix = conv3d_block(ce, ce, 3 if self.t_spatial > 1 else 1)
+            # learned map from the spatial path's time steps to latent time steps; starts by picking the frames the
+            # latent stands for (the targets when reconstructing, the last context frame when predicting), every frame
+            # still reachable
+            proj = torch.zeros(self.t_out, self.t_spatial)
             for k in range(self.t_out):
-                src = self.t_enc - self.t_out + k if m.task == "reconstruct" else self.t_enc - 1
+                src = self.t_spatial - self.t_out + k if m.task == "reconstruct" else self.t_spatial - 1
                 proj[k, src] = 1.0
             self.time_proj = nn.Parameter(proj)
             self.head = conv3d_block(ce, ce, 1)
             self.to_mu = nn.Conv3d(ce, m.latent_channels, 1)
             self.to_logvar = nn.Conv3d(ce, m.latent_channels, 1)
+            kt = 3 if self.t_out > 1 else 1
+            self.res_blocks = nn.Sequential(*[ResBlock3d(ce, kt) for _ in range(m.encoder_res_blocks)])
+            if self.region_codes == "gated":
+                # per channel, starting small: the codes are a correction the spatial path may take up, not a second
+                # copy of the content that a decoder could learn to memorise training clips by
+                self.region_gate = nn.Parameter(torch.full((ce,), 0.05))
         else:
             self.to_mu = nn.Linear(dt, m.latent_dim)
             self.to_logvar = nn.Linear(dt, m.latent_dim)
 
-    def pixel_features(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The per-frame CNN at full resolution: (B*T, C, H, W) -> shallow features (B*T, cs, H, W) for RoIAlign and,
-        where the spatial path exists, features on the latent grid (B*T, C_e, h, w)."""
-        shallow = self.stem(x)
-        if not self.use_spatial_path:
-            return shallow, None
-        f = self.cfg.model.latent_downsample
-        pad_w, pad_h = self.w * f - x.shape[-1], self.h * f - x.shape[-2]  # not multiples of f: replicate the edge
+    def shallow_features(self, x: Tensor) -> Tensor:
+        """The full-resolution stem of every frame: (N, C, H, W) -> (N, cs, H, W), RoIAlign's feature map."""
+        return self.stem(x)
+
+    def latent_features(self, shallow: Tensor) -> Tensor:
+        """The spatial path down to the latent grid: (N, cs, H, W) -> (N, C_e, h, w)."""
+        f = self.latent_downsample
+        pad_w, pad_h = self.w * f - shallow.shape[-1], self.h * f - shallow.shape[-2]  # not multiples: replicate edges
         padded = nn.functional.pad(shallow, (0, pad_w, 0, pad_h), mode="replicate") if pad_w or pad_h else shallow
-        return shallow, self.down(padded)
+        return self.down(padded)
+
+    def _per_frame(self, fn, x: Tensor) -> Tensor:
+        """fn over frames, recomputed in chunks in the backward under activation checkpointing: nothing random inside
+        (no RNG state to keep, and none may be read during CUDA-graph capture); frames are independent, so the
+        backward holds one chunk's activations and cuDNN workspace at a time (all 52 launcher frames at once took a
+        1 GiB workspace on an H100 in fp32)."""
+        if not (self.checkpointing and torch.is_grad_enabled()):
+            return fn(x)
+        chunks = x.tensor_split(max(1, math.ceil(x.shape[0] / CHECKPOINT_CHUNK_FRAMES)))
+        return _cat_chunks([checkpoint(fn, c, use_reentrant=False, preserve_rng_state=False) for c in chunks])
 
     def region_tokens(self, shallow: Tensor, frames: Tensor) -> Tensor:
         """One RoIAlign over all frames and regions. -> (B*T, R, patch_dim)"""
         src = shallow if self.use_roi_align else frames
         return self.roi(src)
 
-    def forward(self, frames: Tensor, motion: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-        b, t, c, hh, ww = frames.shape
-        x = frames.reshape(b * t, c, hh, ww)
-        if self.checkpointing and torch.is_grad_enabled():
-            # nothing random inside: no RNG state to keep (and none may be read during CUDA-graph capture). Frames are
-            # independent here, so they are recomputed in chunks: the backward then holds one chunk's activations and
-            # cuDNN workspace at a time (all 52 launcher frames at once took a 1 GiB workspace on an H100 in fp32).
-            parts = [checkpoint(self.pixel_features, c, use_reentrant=False, preserve_rng_state=False)
-                     for c in x.tensor_split(max(1, math.ceil(x.shape[0] / CHECKPOINT_CHUNK_FRAMES)))]
-            shallow, feat = (_cat_chunks(list(chunks)) for chunks in zip(*parts))
-        else:
-            shallow, feat = self.pixel_features(x)
-
+    def region_codes_of(self, shallow: Tensor, x: Tensor, b: int, t: int, motion: Tensor | None) -> Tensor:
+        """WuBu-S per frame and region, then WuBu-T per region over time. -> (B, R, D_t)"""
         tokens = self.patch_embed(self.region_tokens(shallow, x))  # (B*T, R, D_tan)
         s = self.wubu_s(tokens).reshape(b, t, self.num_regions, -1)  # (B, T, R, D_s)
         if self.motion_dim:
             s = torch.cat([s, motion[:, :, None, :].to(s.dtype).expand(-1, -1, self.num_regions, -1)], -1)
         per_region = s.permute(0, 2, 1, 3).reshape(b, self.num_regions, -1)  # (B, R, T*(D_s+D_m))
         box = self.box_features.to(per_region.dtype)[None].expand(b, -1, -1)
-        codes = self.wubu_t(torch.cat([per_region, box], -1))  # (B, R, D_t)
+        return self.wubu_t(torch.cat([per_region, box], -1))
+
+    def forward(self, frames: Tensor, motion: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        b, t, c, hh, ww = frames.shape
+        x = frames.reshape(b * t, c, hh, ww)
+        # the stem runs on every frame only where RoIAlign reads it; otherwise on the spatial path's frames alone
+        stem_all = self.use_regions and self.use_roi_align or not self.targets_only
+        shallow = self._per_frame(self.shallow_features, x) if stem_all else None  # (B*T, cs, H, W)
+        codes = self.region_codes_of(shallow, x, b, t, motion) if self.use_regions else None  # (B, R, D_t)
 
         if not self.use_spatial_path:
             pooled = codes.mean(1)
             return self.to_mu(pooled), self.to_logvar(pooled).clamp(*LOGVAR_RANGE), None
-        feat = feat.reshape(b, t, *feat.shape[1:])
+        if self.targets_only:  # the frames the latent stands for: each clip's last T_out
+            if shallow is not None:
+                src = shallow.unflatten(0, (b, t))[:, t - self.t_out:].flatten(0, 1)
+            else:
+                src = self._per_frame(self.shallow_features, frames[:, t - self.t_out:].flatten(0, 1))
+        else:
+            src = shallow
+        feat = self._per_frame(self.latent_features, src)
+        feat = feat.reshape(b, self.t_spatial, *feat.shape[1:])  # (B, T_s, C_e, h, w)
         context = feat[:, -1]
         if not self.spatial:
             pooled = codes.mean(1)
             return self.to_mu(pooled), self.to_logvar(pooled).clamp(*LOGVAR_RANGE), context
 
-        region_map = torch.einsum("brc,rhw->bchw", self.region_to_map(codes), self.paint.to(codes.dtype))
-        h = feat.permute(0, 2, 1, 3, 4) + region_map[:, :, None]  # (B, C_e, T, h, w)
+        h = feat.permute(0, 2, 1, 3, 4)  # (B, C_e, T_s, h, w)
+        if codes is not None:
+            region_map = torch.einsum("brc,rhw->bchw", self.region_to_map(codes), self.paint.to(codes.dtype))
+            if self.region_codes == "gated":
+                region_map = region_map * self.region_gate.to(region_map.dtype)[None, :, None, None]
+            h = h + region_map[:, :, None]
         h = self.time_mix(h)
         h = torch.einsum("bcthw,kt->bckhw", h, self.time_proj.to(h.dtype))  # (B, C_e, T_out, h, w)
-        h = self.head(h)
+        h = self.head(self.res_blocks(h))
         return self.to_mu(h), self.to_logvar(h).clamp(*LOGVAR_RANGE), context

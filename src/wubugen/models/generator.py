@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from wubugen.config import Config
+from wubugen.config import FrameGeometry, ModelConfig
 from wubugen.models.encoder import latent_grid
-from wubugen.models.layers import RegionFiLM, crop_to, group_norm, masks_for, region_boxes
+from wubugen.models.layers import RegionFiLM, ResBlock3d, crop_to, group_norm, masks_for, region_boxes
 from wubugen.models.tapconv import TapConv3d
 
 MAX_CHANNELS = 512
@@ -34,19 +34,18 @@ class Generator(nn.Module):
     """z: (B, C_z, T_out, h, w) spatial or (B, latent_dim) global; context (B, C_e, h, w) in the predict task
     -> frames (B, T_out, C, H, W) in [-1, 1]."""
 
-    def __init__(self, cfg: Config, context_channels: int = 0):
+    def __init__(self, m: ModelConfig, geo: FrameGeometry, context_channels: int = 0):
         super().__init__()
-        m, d = cfg.model, cfg.data
-        self.height, self.width, self.t_out = d.image_h, d.image_w, d.num_predict_frames
-        self.checkpointing = cfg.train.activation_checkpointing
+        self.height, self.width, self.t_out = geo.height, geo.width, geo.predict_frames
+        self.checkpointing = False  # a runtime switch (layers.set_activation_checkpointing), not a model option
         self.spatial = m.latent_type == "spatial"
         kt = m.gen_temporal_kernel_size if self.t_out > 1 else 1
         ks = m.gen_final_conv_kernel_spatial
         if self.spatial:
             n_up = int(math.log2(m.latent_downsample))
-            h0, w0 = latent_grid(cfg)
+            h0, w0 = latent_grid(m, geo)
         else:
-            n_up, h0, w0 = global_grid(d.image_h, d.image_w)
+            n_up, h0, w0 = global_grid(geo.height, geo.width)
         base = m.gen_base_channels
         chans = [min(MAX_CHANNELS, base * 2 ** (n_up - i)) for i in range(n_up + 1)]
         self.grid0 = (h0, w0)
@@ -57,12 +56,14 @@ class Generator(nn.Module):
             self.expand = nn.Linear(m.latent_dim, in_ch * self.t_out * h0 * w0)
         self.context_channels = context_channels
 
-        boxes = region_boxes(m, d.image_w, d.image_h)
+        boxes = region_boxes(m, geo.width, geo.height)
         film_hidden = max(32, boxes.shape[0])
 
-        def film(ch: int, level: int) -> RegionFiLM:
+        def film(ch: int, level: int) -> nn.Module:
+            if not m.gen_region_film:
+                return nn.Identity()
             h, w = h0 * 2 ** level, w0 * 2 ** level
-            return RegionFiLM(masks_for(boxes, d.image_w, d.image_h, h, w), ch, film_hidden)
+            return RegionFiLM(masks_for(boxes, geo.width, geo.height, h, w), ch, film_hidden)
 
         self.stem = nn.Conv3d(in_ch + context_channels, chans[0], (kt, 3, 3), 1, (kt // 2, 1, 1))
         self.stem_norm = group_norm(chans[0])
@@ -76,7 +77,9 @@ class Generator(nn.Module):
             self.norms.append(group_norm(chans[i + 1]))
             self.films.append(film(chans[i + 1], i + 1))
         self.act = nn.GELU()
-        self.out = TapConv3d(chans[-1], d.num_channels, (kt, ks, ks))
+        self.out = TapConv3d(chans[-1], geo.channels, (kt, ks, ks))
+        # capacity at the latent resolution, where 3-D convs are cheap (built last: earlier layers keep their init)
+        self.res_blocks = nn.Sequential(*[ResBlock3d(chans[0], kt) for _ in range(m.gen_res_blocks)])
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         if not self.spatial:
@@ -86,7 +89,7 @@ class Generator(nn.Module):
             if context.shape[-2:] != z.shape[-2:]:  # a global latent starts on a coarser grid than the context features
                 context = F.adaptive_avg_pool2d(context, z.shape[-2:])
             z = torch.cat([z, context[:, :, None].to(z.dtype).expand(-1, -1, z.shape[2], -1, -1)], 1)
-        x = self.act(self.stem_film(self.stem_norm(self.stem(z))))
+        x = self.res_blocks(self.act(self.stem_film(self.stem_norm(self.stem(z)))))
         n = len(self.ups)
         for i in range(n - 1):
             x = self.stage(i, x)

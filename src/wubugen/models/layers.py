@@ -13,6 +13,22 @@ def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels)
 
 
+class ResBlock3d(nn.Module):
+    """Pre-activation residual block (GroupNorm, GELU, conv) x 2 plus the identity, as latent diffusion's autoencoder
+    blocks: capacity at the latent resolution, where convolutions are cheap. (B, C, T, h, w) -> same shape."""
+
+    def __init__(self, channels: int, kt: int):
+        super().__init__()
+        pad = (kt // 2, 1, 1)
+        self.body = nn.Sequential(
+            group_norm(channels), nn.GELU(), nn.Conv3d(channels, channels, (kt, 3, 3), 1, pad),
+            group_norm(channels), nn.GELU(), nn.Conv3d(channels, channels, (kt, 3, 3), 1, pad),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
 def to_channels_last(module: nn.Module) -> nn.Module:
     """Put every 4-D parameter and buffer in channels-last and every 5-D one in channels-last-3d, in place.
 
@@ -79,3 +95,11 @@ def crop_to(x: Tensor, height: int, width: int) -> Tensor:
     """Keep the top-left height x width of the last two dims (decoders produce ceil-multiples of the stride)."""
     return x[..., :height, :width]
 
+
+
+def set_activation_checkpointing(module: nn.Module, on: bool) -> None:
+    """Recompute full-resolution activations in the backward pass instead of keeping them (a runtime switch like the
+    tap convs: the math, and so the model, is unchanged). Acts on every submodule with a `checkpointing` attribute."""
+    for m in module.modules():
+        if hasattr(m, "checkpointing"):
+            m.checkpointing = on

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from wubugen.config import Config
+from wubugen.config import FrameGeometry, ModelConfig
 from wubugen.flow.backends import FlowEstimator, build_flow_estimator
 from wubugen.flow.stats import ordered_components, region_pixel_rects, regional_flow_stats, stats_dim
 from wubugen.gaad import normalized_boxes
@@ -33,20 +33,19 @@ from wubugen.models.wubu import WuBuStack
 class MotionEncoder(nn.Module):
     """frames (B, T, C, H, W) in [-1, 1], flow (B, T-1, 2, H, W) or None -> motion features (B, T, out_dim)."""
 
-    def __init__(self, cfg: Config, flow_estimator: FlowEstimator | None = None):
+    def __init__(self, m: ModelConfig, geo: FrameGeometry, flow_estimator: FlowEstimator | None = None):
         super().__init__()
-        m, d = cfg.model, cfg.data
-        self.height, self.width = d.image_h, d.image_w
-        self.t_enc = cfg.encoder_frames
+        self.height, self.width = geo.height, geo.width
+        self.t_enc = geo.encoder_frames(m.task)
         self.components = ordered_components(m.flow_stats_components)
         self.num_stats = stats_dim(self.components)
         log_cols = torch.tensor([name in ("mag_mean", "mag_std") for name in self._column_components()])
         self.register_buffer("log_columns", log_cols, persistent=False)  # (S,) bool: magnitude columns
 
-        boxes = region_boxes(m, d.image_w, d.image_h, motion=True)
+        boxes = region_boxes(m, geo.width, geo.height, motion=True)
         self.num_regions = boxes.shape[0]
-        self.register_buffer("rects", region_pixel_rects(boxes, d.image_h, d.image_w), persistent=False)  # (R, 4)
-        self.register_buffer("box_features", normalized_boxes(boxes, d.image_w, d.image_h), persistent=False)
+        self.register_buffer("rects", region_pixel_rects(boxes, geo.height, geo.width), persistent=False)  # (R, 4)
+        self.register_buffer("box_features", normalized_boxes(boxes, geo.width, geo.height), persistent=False)
 
         self.flow = flow_estimator if flow_estimator is not None else build_flow_estimator(m)
         self.embed = nn.Linear(self.num_stats + 4, m.encoder_initial_tangent_dim)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from wubugen.config import Config
+from wubugen.config import FrameGeometry, ModelConfig
 from wubugen.models.encoder import RegionalEncoder, latent_grid
 from wubugen.models.generator import Generator
 
@@ -25,23 +25,25 @@ class VAEOutput:
 
 
 class WuBuGAADHybridGen(nn.Module):
-    def __init__(self, cfg: Config, motion: nn.Module | None = None):
+    """clip (B, T_in + T_out, C, H, W) in [-1, 1] [+ flow] -> VAEOutput; built from its ModelConfig and FrameGeometry."""
+
+    def __init__(self, m: ModelConfig, geo: FrameGeometry, motion: nn.Module | None = None):
         super().__init__()
-        self.cfg = cfg
-        self.task = cfg.model.task
-        self.t_in, self.t_out = cfg.data.num_input_frames, cfg.data.num_predict_frames
+        self.model_cfg, self.geometry = m, geo
+        self.task = m.task
+        self.t_in, self.t_out = geo.input_frames, geo.predict_frames
         self.motion = motion
         motion_dim = motion.out_dim if motion is not None else 0
-        self.encoder = RegionalEncoder(cfg, motion_dim=motion_dim)
-        ctx = cfg.model.encoder_channels if self.task == "predict" else 0
-        self.generator = Generator(cfg, context_channels=ctx)
+        self.encoder = RegionalEncoder(m, geo, motion_dim=motion_dim)
+        ctx = m.encoder_channels if self.task == "predict" else 0
+        self.generator = Generator(m, geo, context_channels=ctx)
 
     # -- shapes --------------------------------------------------------------------------------------------------------
     def latent_shape(self) -> tuple[int, ...]:
         """Shape of one sample's latent (without the batch dim)."""
-        m = self.cfg.model
+        m = self.model_cfg
         if m.latent_type == "spatial":
-            return (m.latent_channels, self.t_out, *latent_grid(self.cfg))
+            return (m.latent_channels, self.t_out, *latent_grid(m, self.geometry))
         return (m.latent_dim,)
 
     def split(self, clip: Tensor) -> tuple[Tensor, Tensor]:
@@ -89,13 +91,13 @@ class WuBuGAADHybridGen(nn.Module):
         return self.decode(noise.to(device), context)
 
 
-def build_motion(cfg: Config) -> nn.Module | None:
-    if not cfg.model.use_wubu_motion_branch:
+def build_motion(m: ModelConfig, geo: FrameGeometry) -> nn.Module | None:
+    if not m.use_wubu_motion_branch:
         return None
     from wubugen.models.motion import MotionEncoder  # the motion branch needs the flow backends
 
-    return MotionEncoder(cfg)
+    return MotionEncoder(m, geo)
 
 
-def build_model(cfg: Config) -> WuBuGAADHybridGen:
-    return WuBuGAADHybridGen(cfg, build_motion(cfg))
+def build_model(m: ModelConfig, geo: FrameGeometry) -> WuBuGAADHybridGen:
+    return WuBuGAADHybridGen(m, geo, build_motion(m, geo))

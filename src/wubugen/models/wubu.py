@@ -29,9 +29,9 @@ from torch import Tensor, nn
 
 from wubugen import hyperbolic as hb
 from wubugen.config import WuBuStackConfig
+from wubugen.gaad import PHI
 from wubugen.hyperbolic.params import tag_ball
 
-PHI = (1.0 + math.sqrt(5.0)) / 2.0
 CURVATURE_MIN = 1e-3
 SCALE_MIN, SCALE_MAX = 1e-3, 10.0
 SPREAD_MIN = 1e-2

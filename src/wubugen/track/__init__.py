@@ -1,4 +1,5 @@
-"""Trackers (local JSONL always; W&B and TensorBoard optional), sample media (PNG grids, GIF, MP4) and report plots.
+"""Trackers (local JSONL always; W&B and TensorBoard optional) and report plots; sample media files come from
+`wubugen.media`.
 
 The trainer talks to one `Tracker`; `build_tracker` gives rank 0 the real ones and every other rank a `NullTracker`.
 """

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from wubugen.track.media import save_gif, save_mp4, save_png
+from wubugen.media import save_gif, save_mp4, save_png
 
 METRICS_FILE = "metrics.jsonl"
 MEDIA_INDEX_FILE = "media.jsonl"

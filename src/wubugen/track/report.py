@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # before pyplot: headless machines and worker processes h
 import matplotlib.pyplot as plt  # noqa: E402
 
 from wubugen.errors import UserError  # noqa: E402
-from wubugen.track.media import atomic_output  # noqa: E402
+from wubugen.media import atomic_output  # noqa: E402
 
 # (title, keys, log-scale y): the guide's keys (DESIGN §5), in the order one reads a run. Keys that are absent are
 # skipped; keys not listed here are plotted afterwards, one panel per prefix ("q_ctrl_gen/...").

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from wubugen.errors import UserError
-from wubugen.track.media import gif_bytes
+from wubugen.media import gif_bytes
 
 TB_DIR = "tensorboard"
 

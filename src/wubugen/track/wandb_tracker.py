@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from wubugen.errors import UserError
-from wubugen.track.media import atomic_output, gif_bytes
+from wubugen.media import atomic_write_text, gif_bytes
 
 RUN_ID_FILE = "wandb_run_id"
 
@@ -35,8 +35,7 @@ def run_id_for(run_dir: Path) -> str:
         if run_id:
             return run_id
     run_id = uuid.uuid4().hex[:12]  # W&B ids: lowercase letters and digits
-    with atomic_output(f) as tmp:
-        tmp.write_text(run_id + "\n")
+    atomic_write_text(f, run_id + "\n")
     return run_id
 
 

@@ -19,18 +19,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from wubugen.config import ConfigError, build_config, tomllib
+from wubugen.config import ConfigError, build_config, read_toml
 from wubugen.errors import UserError
 
 
 def load_plan(path: str) -> dict[str, Any]:
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"phase plan {p} does not exist")
-    try:
-        plan = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"phase plan {p} is not valid TOML: {e}") from None
+    plan = read_toml(p, "phase plan")
     phases = plan.get("phase")
     if not isinstance(phases, list) or not phases:
         raise UserError(f"phase plan {p} has no [[phase]] tables")

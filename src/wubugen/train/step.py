@@ -14,47 +14,23 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor, nn
 
-from wubugen.config import Config
 from wubugen.data import to_model_range
+from wubugen.data.batch import ClipBatch
 from wubugen.errors import UserError
-from wubugen.models.layers import to_channels_last
-from wubugen.models.tapconv import set_tap_convs
-from wubugen.train.losses import d_loss, g_adv_loss, kl_loss, recon_loss
+from wubugen.models.vaegan import VAEOutput
+from wubugen.train.losses import LOSS_KEYS
 from wubugen.train.optim import clip_grad_norm_
+from wubugen.train.speed import use_cuda_graphs
 
-LOSS_KEYS = ("loss_recon", "loss_kl", "loss_g_adv", "loss_g_total", "loss_d_total", "loss_d_real", "loss_d_fake")
+if TYPE_CHECKING:  # pragma: no cover
+    from wubugen.train.players import Players
 
-
-@dataclass
-class Precision:
-    """Autocast dtype (None: fp32) and whether fp16 loss scaling is on."""
-
-    dtype: torch.dtype | None
-    device_type: str
-
-    @property
-    def scaled(self) -> bool:
-        return self.dtype == torch.float16
-
-    def autocast(self, cache: bool = True):
-        """cache=False inside CUDA-graph capture: autocast's weight-cast cache would outlive the captured pool."""
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=cache)
-
-
-def resolve_precision(cfg: Config, device: torch.device) -> Precision:
-    p = cfg.train.precision
-    if p == "auto":
-        p = "bf16" if device.type == "cuda" else "fp32"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[p]
-    if dtype == torch.float16 and device.type != "cuda":
-        dtype = None  # fp16 autocast is a CUDA feature; the CPU runs fp32 (said once by the trainer)
-    return Precision(dtype, device.type)
+__all__ = ["LOSS_KEYS", "StepOutput", "StepRunner", "players_forward_backward"]
 
 
 def _no_sync(module: nn.Module, sync: bool):
@@ -68,66 +44,6 @@ def _set_requires_grad(params: list[nn.Parameter], flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-class EMA:
-    """Exponential moving average of the generator's trainable weights (validation and sampling use it when enabled).
-
-    Keyed by parameter name; frozen parameters (a frozen RAFT) are left out: their average is themselves."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
-        self.params = [p.detach().clone() for p in _named(model, self.names)]
-        self._live: tuple[nn.Module, list[Tensor]] | None = None  # the model's tensors, looked up once (hot path)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, keep: Tensor) -> None:
-        if self._live is None or self._live[0] is not model:
-            self._live = model, [p.detach() for p in _named(model, self.names)]
-        live = self._live[1]
-        diff = torch._foreach_sub(live, self.params)
-        torch._foreach_mul_(diff, keep * (1.0 - self.decay))  # keep = 0 on a skipped step: no change
-        torch._foreach_add_(self.params, diff)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return dict(zip(self.names, self.params))
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """`state`: name -> tensor (see ema_state_by_name for checkpoints of earlier versions)."""
-        missing = [n for n in self.names if n not in state]
-        if missing:
-            raise KeyError(f"EMA state lacks {len(missing)} parameters, e.g. {missing[0]}")
-        for n, p in zip(self.names, self.params):
-            p.copy_(state[n])
-
-    @contextlib.contextmanager
-    def swapped_into(self, model: nn.Module):
-        """Temporarily put the EMA weights into `model` (for validation and sampling)."""
-        targets = _named(model, self.names)
-        backup = [p.detach().clone() for p in targets]
-        with torch.no_grad():
-            for p, e in zip(targets, self.params):
-                p.copy_(e)
-        try:
-            yield model
-        finally:
-            with torch.no_grad():
-                for p, b in zip(targets, backup):
-                    p.copy_(b)
-
-
-def _named(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
-    params = dict(model.named_parameters())
-    return [params[n] for n in names]
-
-
-def ema_state_by_name(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """An EMA state from a checkpoint -> name -> tensor. Checkpoints written before EMA states were keyed by name hold
-    every parameter of `model` under its position ("0", "1", ...); those positions are mapped to names."""
-    if state and all(k.isdigit() for k in state):
-        return {n: state[str(i)] for i, (n, _) in enumerate(model.named_parameters()) if str(i) in state}
-    return dict(state)
-
-
 @dataclass
 class _Captured:
     """One captured forward+backward: static input buffers, the static loss output and the gradients it writes."""
@@ -139,77 +55,52 @@ class _Captured:
     grads: list[tuple[nn.Parameter, Tensor]]
 
 
-def players_forward_backward(model: nn.Module, disc: nn.Module, frozen_disc: nn.Module, d_params: list[nn.Parameter],
-                             clip: Tensor, flow: Tensor | None, cfg: Config, lambda_kl: float | Tensor, adv_on: bool, *,
-                             autocast=contextlib.nullcontext, scale_d=lambda x: x, scale_g=lambda x: x, k: int = 1
-                             ) -> tuple[Tensor, object, Tensor]:
-    """The step's losses and both backwards for one micro-batch (the trainer's step and `wubugen inspect` share it).
+@dataclass
+class StepOutput:
+    """One micro-batch's forward and backwards: the losses in LOSS_KEYS order (detached), the model's output and
+    D's logits of the reconstruction (through the frozen D)."""
 
-    One generator forward; G's adversarial term through `frozen_disc` (D's parameters `d_params` get no gradient from
-    it); D on [real; fake.detach()] in one forward. G's backward runs before D's forward: the generator's activations
-    (the largest, at full resolution) are freed before D's double-batch forward allocates its own, which lowers the
-    step's peak memory. Nothing is updated between the two (the optimizers step afterwards), so the gradients are those
-    of the other order. Losses are divided by k (gradient accumulation) before backward.
-    -> (losses (7,) detached in LOSS_KEYS order, the model output, the frozen-D logits)."""
-    t = cfg.train
+    losses: Tensor
+    out: VAEOutput
+    fake_logits: Tensor
+
+
+def players_forward_backward(p: Players, clip: Tensor, flow: Tensor | None, lambda_kl: float | Tensor, adv_on: bool,
+                             *, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                             scale_d: Callable[[Tensor], Tensor] = lambda x: x,
+                             scale_g: Callable[[Tensor], Tensor] = lambda x: x, k: int = 1) -> StepOutput:
+    """The order of one micro-batch's passes (the trainer's step, `wubugen inspect` and the bench share it); the
+    objective itself is `p.loss` (train/losses.py).
+
+    One generator forward; G's adversarial term through `p.frozen_disc` (D's parameters get no gradient from it); D on
+    [real; fake.detach()] in one forward. G's backward runs before D's forward: the generator's activations (the
+    largest, at full resolution) are freed before D's double-batch forward allocates its own, which lowers the step's
+    peak memory. Nothing is updated between the two (the optimizers step afterwards), so the gradients are those of the
+    other order. Losses are divided by k (gradient accumulation) before backward."""
     with autocast():
-        out = model(clip, flow)
-    loss_recon = recon_loss(out.recon, out.target)
-    loss_kl = kl_loss(out.mu, out.logvar, cfg.model.kl_reduction)
-    loss_g = t.lambda_recon * loss_recon + lambda_kl * loss_kl
-    _set_requires_grad(d_params, False)
+        out = p.model_step(clip, flow)
+    _set_requires_grad(p.d_params, False)
     try:
         with autocast():
-            adv_logits = frozen_disc(out.recon)
-        loss_adv = g_adv_loss(adv_logits, t.gan_loss)
-        if adv_on:
-            loss_g = loss_g + t.lambda_gan * loss_adv
-        scale_g(loss_g / k).backward()
+            fake_logits = p.frozen_disc(out.recon)
+        g = p.loss.generator(out.recon, out.target, out.mu, out.logvar, fake_logits, lambda_kl, adv_on)
+        if adv_on and p.loss.adaptive:
+            g = p.loss.backward_adaptive(g, out.recon, lambda_kl, lambda x: scale_g(x / k))
+        else:
+            scale_g(g.total / k).backward()
     finally:
-        _set_requires_grad(d_params, True)
+        _set_requires_grad(p.d_params, True)
 
     with autocast():
-        logits = disc(torch.cat([out.target, out.recon.detach()], 0))
-    real_logits, fake_logits = logits.chunk(2, 0)
-    loss_d, loss_d_real, loss_d_fake = d_loss(real_logits, fake_logits, t.gan_loss)
-    scale_d(loss_d / k).backward()
-    losses = torch.stack([loss_recon, loss_kl, loss_adv, loss_g, loss_d, loss_d_real, loss_d_fake]).detach()
-    return losses, out, adv_logits
-
-
-def speed_layout(cfg: Config, model: nn.Module, disc: nn.Module, device: torch.device, precision: Precision) -> None:
-    """Kernel choices that leave the math alone, made once before DDP, EMA and the optimizers see the parameters:
-    channels-last weights under torch.compile on CUDA (eagerly, GroupNorm's channels-last kernel made the step slower:
-    56.1 vs 46.3 ms bf16 on an H100, docs/benchmarks.md) and, in fp32 on CUDA, the generator's output conv as taps."""
-    t = cfg.train
-    if device.type != "cuda":
-        return
-    if t.channels_last and t.compile:
-        to_channels_last(model)
-        to_channels_last(disc)
-    if t.tap_convs and precision.dtype is None:
-        set_tap_convs(model, True)
-
-
-def compile_player(module: nn.Module, mode: str = "default") -> nn.Module:
-    """torch.compile for the training step's players (`mode`: `--compile_mode`). Inductor draws random numbers with
-    torch's own ops (fallback_random), so a compiled run samples the same posterior noise and dropout masks as an eager
-    one, and the CUDA-graph capture sees ordinary RNG ops."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.fallback_random = True
-    return torch.compile(module, mode=mode)
-
-
-def use_cuda_graphs(cfg: Config, device: torch.device, world_size: int) -> bool:
-    """`--cuda_graphs`: on for one CUDA process without gradient accumulation (what capture supports here)."""
-    if not cfg.train.cuda_graphs or device.type != "cuda":
-        return False
-    return world_size == 1 and cfg.train.grad_accum_steps == 1
+        logits = p.disc_step(torch.cat([out.target, out.recon.detach()], 0))
+    real_logits, fake = logits.chunk(2, 0)
+    d = p.loss.discriminator(real_logits, fake)
+    scale_d(d.total / k).backward()
+    return StepOutput(p.loss.log_vector(g, d), out, fake_logits)
 
 
 class StepRunner:
-    """Holds the two players and their optimizers; `run` performs one optimizer step over k micro-batches.
+    """Runs optimizer steps of the players (train/players.py): `run` performs one step over k micro-batches.
 
     With CUDA graphs on, the forward and both backwards of a step (everything up to the gradients) are captured once
     after `GRAPH_WARMUP_STEPS` eager steps (per variant) and replayed afterwards: the host launches one graph instead of thousands of
@@ -220,19 +111,13 @@ class StepRunner:
 
     GRAPH_WARMUP_STEPS = 3
 
-    def __init__(self, cfg: Config, model: nn.Module, disc: nn.Module, model_ddp: nn.Module, disc_ddp: nn.Module,
-                 opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, precision: Precision,
-                 device: torch.device, ema: EMA | None = None):
+    def __init__(self, players: Players):
+        self.players = p = players
+        cfg, device = p.cfg, p.device
         self.cfg = cfg
-        self.model, self.disc = model, disc
-        self.model_ddp, self.disc_ddp = model_ddp, disc_ddp
-        self.opt_g, self.opt_d = opt_g, opt_d
-        self.precision = precision
         self.device = device
-        self.ema = ema
-        self.g_params = [p for p in model.parameters() if p.requires_grad]
-        self.d_params = [p for p in disc.parameters() if p.requires_grad]
-        scaled = precision.scaled
+        self.precision = p.precision
+        scaled = p.precision.scaled
         self.scaler_g = torch.amp.GradScaler(device.type, enabled=scaled)
         self.scaler_d = torch.amp.GradScaler(device.type, enabled=scaled)
         self.channels_last = cfg.train.channels_last and device.type == "cuda"
@@ -251,7 +136,7 @@ class StepRunner:
         """True when the motion branch must compute flow inside the step (no cached flow given: trainable RAFT, or a
         frozen one without a cache). Such steps run eagerly: torchvision's RAFT copies host-built coordinate grids to
         the device on every call, which CUDA-graph capture forbids (and which syncs the host)."""
-        motion = getattr(self.model, "motion", None)
+        motion = getattr(self.players.model, "motion", None)
         return motion is not None and flow is None
 
     def prepare(self, batch: Tensor) -> Tensor:
@@ -267,31 +152,32 @@ class StepRunner:
         reduces them in float32/64), or None (the model computes flow itself)."""
         return None if flow is None else flow.to(self.device, non_blocking=True)
 
-    def run(self, batches: list[Tensor], lambda_kl: float, adv_on: bool, flows: list[Tensor | None] | None = None
+    def run(self, batches: list[ClipBatch | Tensor], lambda_kl: float, adv_on: bool
             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """One optimizer step. -> (mean losses (7,) in LOSS_KEYS order, skipped flag, G grad norm, D grad norm),
-        all device tensors (nothing is read on the host here)."""
+        """One optimizer step over k micro-batches (ClipBatch from a loader; a bare tensor is frames without flows).
+        -> (mean losses in LOSS_KEYS order, skipped flag, G grad norm, D grad norm), all device tensors (nothing is
+        read on the host here)."""
+        batches = [b if isinstance(b, ClipBatch) else ClipBatch(b) for b in batches]
         k = len(batches)
-        flows = flows or [None] * k
-        if self.graphs_on and k == 1 and not self.flow_in_step(flows[0]):
-            sums = self._graphed(batches[0], flows[0], lambda_kl, adv_on)
+        if self.graphs_on and k == 1 and not self.flow_in_step(batches[0].flow):
+            sums = self._graphed(batches[0].frames, batches[0].flow, lambda_kl, adv_on)
         else:
             sums = torch.zeros(len(LOSS_KEYS), device=self.device)
-            for i, (batch, flow) in enumerate(zip(batches, flows)):
-                sums += self._forward_backward(self.prepare(batch), self.prepare_flow(flow), lambda_kl, adv_on, k,
-                                               i == k - 1)
+            for i, batch in enumerate(batches):
+                sums += self._forward_backward(self.prepare(batch.frames), self.prepare_flow(batch.flow), lambda_kl,
+                                               adv_on, k, i == k - 1)
             sums /= k
         return (sums, *self._apply(sums))
 
     def _forward_backward(self, clip: Tensor, flow: Tensor | None, lambda_kl: float | Tensor, adv_on: bool, k: int,
                           last: bool, cache: bool = True) -> Tensor:
         """Forward both players on one micro-batch and accumulate both players' gradients. -> losses (7,), detached."""
-        with _no_sync(self.model_ddp, last), _no_sync(self.disc_ddp, last):
-            losses, _, _ = players_forward_backward(
-                self.model_ddp, self.disc_ddp, self.disc, self.d_params, clip, flow, self.cfg, lambda_kl, adv_on,
-                autocast=lambda: self.precision.autocast(cache), scale_d=self.scaler_d.scale,
-                scale_g=self.scaler_g.scale, k=k)
-        return losses
+        p = self.players
+        with _no_sync(p.model_step, last), _no_sync(p.disc_step, last):
+            result = players_forward_backward(p, clip, flow, lambda_kl, adv_on,
+                                              autocast=lambda: self.precision.autocast(cache),
+                                              scale_d=self.scaler_d.scale, scale_g=self.scaler_g.scale, k=k)
+        return result.losses
 
     # ---- CUDA graphs ----
     def _graphed(self, batch: Tensor, flow: Tensor | None, lambda_kl: float, adv_on: bool) -> Tensor:
@@ -329,7 +215,8 @@ class StepRunner:
         return cap.losses.clone()  # the static output is overwritten by the next replay
 
     def _capture(self, batch: Tensor, flow: Tensor | None, adv_on: bool) -> _Captured:
-        for p in self.g_params + self.d_params:
+        params = self.players.g_params + self.players.d_params
+        for p in params:
             p.grad = None  # gradients are allocated inside the graph's pool: written, not accumulated, on replay
         static_batch = torch.empty(batch.shape, dtype=batch.dtype, device=self.device)
         static_batch.copy_(batch)
@@ -345,28 +232,28 @@ class StepRunner:
         with torch.cuda.graph(graph, pool=self._graph_pool):
             losses = self._forward_backward(self.prepare(static_batch), self.prepare_flow(static_flow),
                                             self._lambda_kl, adv_on, 1, True, cache=False)
-        grads = [(p, p.grad) for p in self.g_params + self.d_params if p.grad is not None]
+        grads = [(p, p.grad) for p in params if p.grad is not None]
         return _Captured(graph, static_batch, static_flow, losses, grads)
 
     def _apply(self, losses: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        t = self.cfg.train
+        t, p = self.cfg.train, self.players
         if self.precision.scaled:
-            self.scaler_d.unscale_(self.opt_d)
-            self.scaler_g.unscale_(self.opt_g)
+            self.scaler_d.unscale_(p.opt_d)
+            self.scaler_g.unscale_(p.opt_g)
         inf = float("inf")
-        gn_d = clip_grad_norm_(self.d_params, t.global_max_grad_norm if t.global_max_grad_norm > 0 else inf)
-        gn_g = clip_grad_norm_(self.g_params, t.global_max_grad_norm if t.global_max_grad_norm > 0 else inf)
+        gn_d = clip_grad_norm_(p.d_params, t.global_max_grad_norm if t.global_max_grad_norm > 0 else inf)
+        gn_g = clip_grad_norm_(p.g_params, t.global_max_grad_norm if t.global_max_grad_norm > 0 else inf)
         ok = torch.isfinite(gn_d) & torch.isfinite(gn_g) & torch.isfinite(losses).all()
         skip = ~ok
-        self.opt_d.step(skip=skip)
-        self.opt_g.step(skip=skip)
+        p.opt_d.step(skip=skip)
+        p.opt_g.step(skip=skip)
         if self.precision.scaled:
             self.scaler_d.update()
             self.scaler_g.update()
-        self.opt_d.zero_grad(set_to_none=True)
-        self.opt_g.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update(self.model, ok.float())
+        p.opt_d.zero_grad(set_to_none=True)
+        p.opt_g.zero_grad(set_to_none=True)
+        if p.ema is not None:
+            p.ema.update(p.model, ok.float())
         self.nonfinite_steps += skip.long()
         self.consecutive_nonfinite.mul_(skip.long()).add_(skip.long())
         return skip, gn_g, gn_d

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from wubugen import __version__
 from wubugen.errors import UserError
+from wubugen.media import atomic_write_text, fsync_dir as _fsync_dir, fsync_file as _fsync_file
 
 WEIGHTS_FILE = "weights.safetensors"
 TRAIN_STATE_FILE = "train_state.pt"
@@ -61,35 +62,9 @@ def step_dir_name(step: int) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 # Small filesystem helpers
 # --------------------------------------------------------------------------------------------------------------------
-def _fsync_file(path: Path) -> None:
-    with open(path, "r+b") as f:  # writable: Windows refuses to fsync a read-only handle
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in `path` durable (POSIX only; Windows has no directory handles)."""
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """A pointer file, strict JSON, replaced atomically and durably (wubugen.media)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def _remove_dir_atomic(path: Path) -> None:
@@ -471,3 +446,31 @@ def load_module_weights(module: nn.Module, state: Mapping[str, Tensor], strict: 
     module.load_state_dict(matching, strict=False)
     report.loaded = len(matching)
     return report
+
+
+def ema_state_by_name(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """An EMA state from a checkpoint -> name -> tensor. Checkpoints written before EMA states were keyed by name hold
+    every parameter of `model` under its position ("0", "1", ...); those positions are mapped to names."""
+    if state and all(k.isdigit() for k in state):
+        return {n: state[str(i)] for i, (n, _) in enumerate(model.named_parameters()) if str(i) in state}
+    return dict(state)  # keyed by name (with the warm-up's update count from this version on)
+
+
+def load_trained(path: str, device: torch.device, prefer: Literal["last", "best"] = "best", use_ema: bool = True):
+    """(config, model in eval mode, the Checkpoint) from a checkpoint directory, a run directory or a pointer file;
+    with `use_ema` the EMA's weights when the checkpoint has them (what `wubugen sample` and `evaluate` use)."""
+    from wubugen.config import config_from_dict
+    from wubugen.models.vaegan import build_model
+
+    c = load_checkpoint(resolve_checkpoint(path, prefer=prefer), map_location="cpu")
+    cfg = config_from_dict(c.meta["config"])
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, cfg.geometry)
+    load_module_weights(model, c.weights["model"], strict=True, name="model")
+    if use_ema and "ema" in c.weights:
+        state = ema_state_by_name(c.weights["ema"], model)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in state:  # frozen parameters (a frozen flow net) have no EMA: their weights are the model's
+                    p.copy_(state[n])
+    return cfg, model.to(device).eval(), c

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 
 from wubugen.data.cache import build_lock, touch
 from wubugen.flow.backends import FlowEstimator, dis_flow, raft_scale
+from wubugen.media import atomic_output
 
 if TYPE_CHECKING:  # pragma: no cover
     from wubugen.config import Config
@@ -154,18 +154,11 @@ def _build(source: FrameSource, skip: int, estimator: FlowEstimator, path: Path,
            on_pairs: Callable[[int], None] | None) -> FlowEntry:
     c, h, w = source.shape
     pairs = source.frames - skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}.npy")
-    try:
+    with atomic_output(path) as tmp:  # `.<key>.tmp-<pid>-<hex>.npy`, renamed into place when complete
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=FLOW_DTYPE, shape=(pairs, 2, h, w))
         compute_flows(source.open(), skip, estimator, out, on_pairs)
         out.flush()
         del out
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only still there if computing failed or was interrupted
     return FlowEntry(path, pairs, skip, (h, w))
 
 

@@ -1,28 +1,16 @@
-"""The single source of truth for every option of wubugen.
+"""The schema: every option of wubugen as a typed dataclass field with its default, and the checks on their values.
 
-Every option is a field of a dataclass below; its flag is the field's name (`--image_h`), or, for the three WuBu stacks,
-the stack's prefix plus the field's name (`--wubu_s_hyperbolic_dims`). The original script's flag names are kept where they
-still mean something (SPEC §10). Values are resolved in this order, later winning:
-field defaults < `--preset NAME` (a TOML file in wubugen/presets) < `--config FILE.toml` < flags.
-
-TOML files may use sections (`[data]`, `[model]`, `[model.wubu_s]`, `[train]`, `[log]`) or flat flag names at the top level.
+This is the single source of truth for options: flags, TOML keys and `--help` are generated from it (config/loading.py).
+A field's flag is its name (`--image_h`), or, for the three WuBu stacks, the stack's prefix plus the field's name
+(`--wubu_s_hyperbolic_dims`). The original script's flag names are kept where they still mean something.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
-from dataclasses import dataclass, field, fields, is_dataclass
-from importlib import resources
-from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from wubugen.errors import UserError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 PRESETS = ("launcher", "tiny", "quickstart")
 FLOW_STATS = ("mag_mean", "angle_mean", "mag_std", "angle_std")
@@ -95,6 +83,13 @@ class ModelConfig:
     encoder_pixel_patch_size: int = 8
     encoder_initial_tangent_dim: int = 128
     encoder_channels: int = 64  # width of the spatial feature path
+    # reconstruct task: the spatial CNN sees only the frames the latent stands for (the context frames still reach the
+    # latent through the GAAD/WuBu-T path); False runs it on every encoder frame
+    encoder_targets_only: bool = False
+    encoder_res_blocks: int = 0  # residual 3-D conv blocks at the latent resolution, encoder side
+    # how the WuBu-T region codes join the spatial latent: painted and added, painted through a learned per-channel
+    # gate that starts small (the codes then help where they help), or not at all (no WuBu-S/T in the encoder)
+    region_codes: Literal["add", "gated", "none"] = "add"
     # WuBu
     wubu_s: WuBuStackConfig = field(default_factory=lambda: WuBuStackConfig(2, [64, 32], [1.0, 0.8]))
     wubu_t: WuBuStackConfig = field(default_factory=lambda: WuBuStackConfig(1, [128], [0.5]))
@@ -115,6 +110,8 @@ class ModelConfig:
     gen_base_channels: int = 64
     gen_temporal_kernel_size: int = 3
     gen_final_conv_kernel_spatial: int = 3
+    gen_res_blocks: int = 0  # residual 3-D conv blocks at the latent resolution, generator side
+    gen_region_film: bool = True  # GAAD-region FiLM on every generator stage
     # discriminator
     discriminator_type: Literal["spatio_temporal_cnn", "regional_cnn"] = "spatio_temporal_cnn"
     disc_apply_spectral_norm: bool = True
@@ -127,18 +124,27 @@ class ModelConfig:
     disc_gaad_condition_dim_disc: int = 64
     disc_patch_size: int = 16
     disc_cnn_channels_2d: list[int] = field(default_factory=lambda: [64, 128, 256])
+    # spatio-temporal D: a map of patch logits (PatchGAN: every patch judged, as taming's) instead of one per clip
+    disc_patch_logits: bool = False
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 100
     max_steps: int = 0  # > 0: train this many optimizer steps (overrides --epochs)
+    # > 0: stop after this many seconds since the run started (set-up included), then validate, sample and report as
+    # at the last step
+    max_seconds: float = 0.0
     batch_size: int = 4
     seed: int = 42
     device: str = "auto"  # auto: cuda if available, else cpu
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     use_amp: bool = False  # the original's flag: fp16 autocast with a GradScaler (same as --precision fp16)
     compile: bool = False
+    # torch.compile of the WuBu stacks alone (the many small hyperbolic ops fused into few kernels; compiles in
+    # seconds, where the whole players take minutes); inductor's caches live under --cache_dir, so a repeat run starts
+    # without recompiling
+    compile_wubu: bool = False
     # torch.compile mode: max-autotune-no-cudagraphs lets inductor time its own Triton convolution/matmul kernels against
     # cuDNN/cuBLAS per shape (much longer compilation); our CUDA graphs replace torch's, hence no reduce-overhead
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
@@ -161,6 +167,10 @@ class TrainConfig:
     lambda_gan: float = 1.0
     gan_loss: Literal["bce", "hinge", "lsgan"] = "bce"
     gan_start_step: int = 0  # adversarial term for G from this step on (D trains from the start)
+    # fixed: G's adversarial term weighs lambda_gan (the guide's); adaptive: lambda_gan times the ratio of the
+    # reconstruction and adversarial gradient norms at the generator's output (taming's adaptive weight), clamped
+    gan_weighting: Literal["fixed", "adaptive"] = "fixed"
+    adaptive_weight_max: float = 1e4
     # optimizers
     optimizer: Literal["riemannian_adam", "riemannian_sgd"] = "riemannian_adam"
     learning_rate_gen: float = 3e-4
@@ -194,6 +204,7 @@ class TrainConfig:
     use_lpips_for_verification: bool = False
     lpips_weights: str | None = None
     ema_decay: float = 0.0  # > 0: keep an EMA of the generator's weights for validation and sampling
+    ema_warmup: bool = True  # the EMA's decay ramps up as (1 + n) / (10 + n) over its first updates
 
 
 @dataclass
@@ -211,6 +222,25 @@ class LogConfig:
     log_grad_norm: bool = False
     progress: bool = True
     local_rank: int = -1  # accepted for old launchers; torchrun's environment is what counts
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """The clip shape a model is built for; models take this and their ModelConfig, never the run's whole Config."""
+
+    height: int
+    width: int
+    channels: int
+    input_frames: int  # context frames of a window
+    predict_frames: int  # frames the generator produces (the window's last ones)
+
+    @property
+    def window_frames(self) -> int:
+        return self.input_frames + self.predict_frames
+
+    def encoder_frames(self, task: str) -> int:
+        """Frames the encoder sees: the whole window (reconstruct) or the context only (predict)."""
+        return self.window_frames if task == "reconstruct" else self.input_frames
 
 
 @dataclass
@@ -231,251 +261,18 @@ class Config:
         """Frames the encoder sees: the whole window (reconstruct) or the context only (predict)."""
         return self.window_frames if self.model.task == "reconstruct" else self.data.num_input_frames
 
+    @property
+    def geometry(self) -> FrameGeometry:
+        """What the models need to know of the data: frame size, channels, the window's frame counts."""
+        d = self.data
+        return FrameGeometry(d.image_h, d.image_w, d.num_channels, d.num_input_frames, d.num_predict_frames)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def to_toml(self) -> str:
-        return dump_toml(self.to_dict())
 
 
 SECTIONS = ("data", "model", "train", "log")
 STACKS = {"wubu_s": "wubu_s_", "wubu_t": "wubu_t_", "wubu_m": "wubu_m_"}
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Flag table: flag name -> (path of attribute names, annotated type, default)
-# --------------------------------------------------------------------------------------------------------------------
-def _hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
-
-
-def flag_table() -> dict[str, tuple[tuple[str, ...], Any, Any]]:
-    table: dict[str, tuple[tuple[str, ...], Any, Any]] = {}
-    cfg = Config()
-    for section in SECTIONS:
-        sec_obj = getattr(cfg, section)
-        hints = _hints(type(sec_obj))
-        for f in fields(sec_obj):
-            value = getattr(sec_obj, f.name)
-            if is_dataclass(value):
-                prefix = STACKS[f.name]
-                sub_hints = _hints(type(value))
-                for sf in fields(value):
-                    name = prefix + sf.name
-                    assert name not in table, name
-                    table[name] = ((section, f.name, sf.name), sub_hints[sf.name], getattr(value, sf.name))
-            else:
-                assert f.name not in table, f.name
-                table[f.name] = ((section, f.name), hints[f.name], value)
-    return table
-
-
-def _base_type(tp: Any) -> tuple[Any, bool]:
-    """(inner type, optional?) for `X | None`."""
-    if get_origin(tp) in (Union, getattr(__import__("types"), "UnionType", Union)):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        return args[0], True
-    return tp, False
-
-
-def _coerce(name: str, tp: Any, value: Any) -> Any:
-    """Turn a TOML or string value into the field's type, or raise ConfigError naming the option."""
-    inner, optional = _base_type(tp)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "")):
-        if optional:
-            return None
-        raise ConfigError(f"--{name} needs a value")
-    origin = get_origin(inner)
-    try:
-        if origin is list:
-            (elem,) = get_args(inner)
-            items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
-            return [_coerce(name, elem, v) for v in items]
-        if origin is Literal:
-            choices = get_args(inner)
-            if value not in choices:
-                raise ConfigError(f"--{name} must be one of {', '.join(map(str, choices))}, not {value!r}")
-            return value
-        if inner is bool:
-            if isinstance(value, bool):
-                return value
-            s = str(value).strip().lower()
-            if s in ("1", "true", "yes", "on"):
-                return True
-            if s in ("0", "false", "no", "off"):
-                return False
-            raise ConfigError(f"--{name} takes true or false, not {value!r}")
-        if inner is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-        if inner is float:
-            return float(value)
-        if inner is str:
-            return str(value)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError):
-        raise ConfigError(f"--{name}: {value!r} is not a valid {getattr(inner, '__name__', inner)}") from None
-    raise TypeError(f"unsupported option type for {name}: {tp}")
-
-
-def _set(cfg: Config, path: tuple[str, ...], value: Any) -> None:
-    obj: Any = cfg
-    for p in path[:-1]:
-        obj = getattr(obj, p)
-    setattr(obj, path[-1], value)
-
-
-def _get(cfg: Config, path: tuple[str, ...]) -> Any:
-    obj: Any = cfg
-    for p in path:
-        obj = getattr(obj, p)
-    return obj
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# TOML
-# --------------------------------------------------------------------------------------------------------------------
-def _flatten_toml(doc: dict[str, Any], source: str) -> dict[str, Any]:
-    """Sectioned or flat TOML -> {flag name: value}."""
-    table = flag_table()
-    flat: dict[str, Any] = {}
-    for key, value in doc.items():
-        if key in SECTIONS and isinstance(value, dict):
-            for k, v in value.items():
-                if k in STACKS and isinstance(v, dict):
-                    for sk, sv in v.items():
-                        flat[STACKS[k] + sk] = sv
-                else:
-                    flat[k] = v
-        else:
-            flat[key] = value
-    unknown = sorted(k for k in flat if k not in table)
-    if unknown:
-        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}")
-    return flat
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    try:
-        doc = tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
-    return _flatten_toml(doc, str(p))
-
-
-def preset_values(name: str) -> dict[str, Any]:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    text = resources.files("wubugen.presets").joinpath(f"{name}.toml").read_text()
-    return _flatten_toml(tomllib.loads(text), f"preset {name}")
-
-
-def dump_toml(d: dict[str, Any]) -> str:
-    """A small TOML writer for our own config dicts (sections, scalars, lists of scalars)."""
-
-    def val(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        return repr(v)
-
-    lines: list[str] = []
-
-    def section(name: str, body: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in body.items() if not isinstance(v, dict)}
-        lines.append(f"[{name}]")
-        for k, v in scalars.items():
-            if v is None:
-                continue  # TOML has no null: absent means the default (None)
-            lines.append(f"{k} = {val(v)}")
-        lines.append("")
-        for k, v in body.items():
-            if isinstance(v, dict):
-                section(f"{name}.{k}", v)
-
-    for name, body in d.items():
-        section(name, body)
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Argument parsing
-# --------------------------------------------------------------------------------------------------------------------
-class _BoolAction(argparse.Action):
-    """`--flag`, `--flag true|false` and `--no-flag` all work, as old launchers pass store_true flags."""
-
-    def __init__(self, option_strings, dest, **kw):
-        opts = list(option_strings) + [s.replace("--", "--no-", 1) for s in option_strings if s.startswith("--")]
-        super().__init__(opts, dest, nargs="?", **kw)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if option_string and option_string.startswith("--no-"):
-            setattr(namespace, self.dest, "false")
-        else:
-            setattr(namespace, self.dest, "true" if values is None else values)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
-    """Add `--preset`, `--config` and one flag per option (all as strings; coerced in `config_from_args`)."""
-    parser.add_argument("--preset", default=None, help=f"start from a preset: {', '.join(PRESETS)}")
-    parser.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file of options (after the preset)")
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for name, (path, tp, default) in flag_table().items():
-        section = path[0]
-        if only is not None and section not in only:
-            continue
-        grp = groups.setdefault(section, parser.add_argument_group(f"{section} options"))
-        inner, _ = _base_type(tp)
-        help_default = f"default: {default}"
-        if inner is bool:
-            grp.add_argument(f"--{name}", dest=f"opt__{name}", action=_BoolAction, default=None, help=help_default)
-        elif get_origin(inner) is list:
-            grp.add_argument(f"--{name}", dest=f"opt__{name}", nargs="+", default=None, help=help_default)
-        else:
-            choices = get_args(inner) if get_origin(inner) is Literal else None
-            grp.add_argument(f"--{name}", dest=f"opt__{name}", default=None, choices=choices, help=help_default)
-
-
-def build_config(preset: str | None = None, config_file: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults < preset < config file < overrides (flag name -> value, strings allowed)."""
-    table = flag_table()
-    cfg = Config()
-    layers: list[dict[str, Any]] = []
-    if preset:
-        layers.append(preset_values(preset))
-    if config_file:
-        layers.append(load_toml(config_file))
-    if overrides:
-        unknown = sorted(k for k in overrides if k not in table)
-        if unknown:
-            raise ConfigError(f"unknown option(s) {', '.join(unknown)}")
-        layers.append(overrides)
-    for layer in layers:
-        for name, value in layer.items():
-            path, tp, _ = table[name]
-            _set(cfg, path, _coerce(name, tp, value))
-    if cfg.train.use_amp:
-        cfg.train.precision = "fp16"
-    validate(cfg)
-    return cfg
-
-
-def config_from_args(ns: argparse.Namespace) -> Config:
-    overrides = {k[len("opt__"):]: v for k, v in vars(ns).items() if k.startswith("opt__") and v is not None}
-    return build_config(getattr(ns, "preset", None), getattr(ns, "config", None), overrides)
-
-
-def config_from_dict(d: dict[str, Any]) -> Config:
-    """Rebuild a Config from `Config.to_dict()` output (e.g. stored in a checkpoint)."""
-    return build_config(overrides=_flatten_toml(d, "stored config"))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,121 @@
+"""The players of a run, built in one place: the VAE (model) and the discriminator, the modules the step calls (DDP and
+torch.compile wrappers), the frozen D of the generator's adversarial term, both optimizers, the EMA, the objective and
+the Q-controllers. The trainer, `wubugen inspect` and `benchmarks/bench_step.py` all build through `build_players`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from wubugen.config import Config
+from wubugen.eval.metrics import HIGHER_IS_BETTER
+from wubugen.models.discriminator import build_discriminator
+from wubugen.models.layers import set_activation_checkpointing
+from wubugen.models.vaegan import WuBuGAADHybridGen, build_model
+from wubugen.train.distributed import DistInfo
+from wubugen.train.ema import EMA
+from wubugen.train.losses import VAEGANLoss
+from wubugen.train.optim import build_optimizer
+from wubugen.train.qcontrol import LambdaKLController, LRMomentumController
+from wubugen.train.speed import (Precision, compile_player, compile_wubu_stacks, resolve_precision, speed_layout,
+                                 use_compile_cache)
+
+
+@dataclass
+class Players:
+    cfg: Config
+    device: torch.device
+    precision: Precision
+    model: WuBuGAADHybridGen  # the plain modules: checkpoints, validation and sampling use these
+    disc: nn.Module
+    model_step: nn.Module  # what the training step calls: the model under DDP and/or torch.compile
+    disc_step: nn.Module
+    frozen_disc: nn.Module  # D for the generator's adversarial term: never DDP-wrapped (its reducer expects no grads)
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    loss: VAEGANLoss
+    ema: EMA | None = None
+    q_gen: LRMomentumController | None = None
+    q_disc: LRMomentumController | None = None
+    q_lkl: LambdaKLController | None = None
+
+    def __post_init__(self) -> None:
+        self.g_params = [p for p in self.model.parameters() if p.requires_grad]
+        self.d_params = [p for p in self.disc.parameters() if p.requires_grad]
+
+    def modules_to_save(self) -> dict[str, Any]:
+        """What a checkpoint's weights file holds: both players and, when on, the EMA."""
+        mods: dict[str, Any] = {"model": self.model, "disc": self.disc}
+        if self.ema is not None:
+            mods["ema"] = self.ema.state_dict()
+        return mods
+
+
+def set_seed(seed: int) -> None:
+    """Python's, NumPy's and torch's global generators (torch's also draws the initial weights)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def build_players(cfg: Config, device: torch.device, dist: DistInfo | None = None, *,
+                  ddp_kwargs: dict[str, Any] | None = None, log: Callable[[str], Any] = print) -> Players:
+    """Everything a training step needs, on `device`. The caller seeds torch first (identical initial weights on every
+    rank). Kernel layout choices are made before DDP, the EMA and the optimizers see the parameters."""
+    t = cfg.train
+    precision = resolve_precision(cfg, device)
+    model = build_model(cfg.model, cfg.geometry).to(device)
+    disc = build_discriminator(cfg.model, cfg.geometry).to(device)
+    set_activation_checkpointing(model, t.activation_checkpointing)
+    speed_layout(cfg, model, disc, device, precision)
+    model_step: nn.Module = model
+    disc_step: nn.Module = disc
+    if dist is not None and dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        model_step = DDP(model, device_ids=ids, **(ddp_kwargs or {}))
+        disc_step = DDP(disc, device_ids=ids, **(ddp_kwargs or {}))
+    frozen_disc: nn.Module = disc
+    if t.compile or t.compile_wubu:
+        use_compile_cache(cfg.data.cache_dir)
+    if t.compile_wubu and not t.compile:
+        compile_wubu_stacks(model, t.compile_mode)
+    if t.compile:
+        # the step's players go through torch.compile; checkpoints, validation and sampling use the plain modules
+        # (same parameters), so saved weights keep their names
+        model_step = compile_player(model_step, t.compile_mode)
+        disc_step = compile_player(disc_step, t.compile_mode)
+        frozen_disc = compile_player(disc, t.compile_mode)
+    players = players_from_modules(cfg, device, model, disc, model_step, disc_step, frozen_disc, precision)
+    if t.q_controller_enabled:
+        players.q_gen = LRMomentumController("gen", seed=t.seed + 1)
+        players.q_disc = LRMomentumController("disc", seed=t.seed + 2)
+        if t.lambda_kl_update_interval > 0 and not t.min_lambda_kl_q_control <= t.lambda_kl <= t.max_lambda_kl_q_control:
+            log(f"note: lambda_kl {t.lambda_kl:g} is outside [--min_lambda_kl_q_control, --max_lambda_kl_q_control]: "
+                "its Q-controller stays off")
+        elif t.lambda_kl_update_interval > 0:
+            players.q_lkl = LambdaKLController(t.lambda_kl, t.lambda_kl_band, t.min_lambda_kl_q_control,
+                                               t.max_lambda_kl_q_control, seed=t.seed + 3,
+                                               higher_is_better=HIGHER_IS_BETTER[t.val_primary_metric])
+    return players
+
+
+def players_from_modules(cfg: Config, device: torch.device, model: WuBuGAADHybridGen, disc: nn.Module,
+                         model_step: nn.Module | None = None, disc_step: nn.Module | None = None,
+                         frozen_disc: nn.Module | None = None, precision: Precision | None = None) -> Players:
+    """Players around modules already built (tests, and build_players): optimizers, objective and EMA from `cfg`; the
+    step calls the plain modules unless wrappers are given. No Q-controllers."""
+    t = cfg.train
+    opt_g = build_optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], t.learning_rate_gen, t)
+    opt_d = build_optimizer(t.optimizer, list(disc.parameters()), t.learning_rate_disc, t)
+    return Players(cfg, device, precision or resolve_precision(cfg, device), model, disc, model_step or model,
+                   disc_step or disc, frozen_disc or disc, opt_g, opt_d, VAEGANLoss(cfg),
+                   EMA(model, t.ema_decay, t.ema_warmup) if t.ema_decay > 0 else None)

@@ -1,0 +1,129 @@
+"""A run's progress and how it is saved and restored: what `--resume` brings back, what a new phase
+(`--load_checkpoint`) takes, and what a rollback after non-finite steps restores.
+
+Two ways to start from a checkpoint:
+  * `--resume DIR` continues a run exactly: weights, optimizers, scalers, Q-controllers, RNG states, step, epoch, data
+    position and lambda_kl come back, and the run ends bit-identical to an uninterrupted one (on the CPU);
+  * `--load_checkpoint PATH` starts a new phase from those weights: this run's flags win (lambda_kl, learning rates,
+    FiLM on/off), steps and epochs count for this run, and tensors that do not match are listed by name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from wubugen.config import Config, config_from_dict
+from wubugen.errors import UserError
+from wubugen import checkpoint as ckpt
+from wubugen.checkpoint import ema_state_by_name
+from wubugen.train.ema import EMA
+from wubugen.train.players import Players
+from wubugen.train.step import StepRunner
+
+
+@dataclass
+class RunState:
+    step: int = 0  # optimizer steps of this run
+    epoch: int = 0  # epochs of this run (0-based, the one in progress)
+    batch_in_epoch: int = 0  # batches of the current epoch consumed (data position for exact resume)
+    lambda_kl: float = 0.0
+    best_metric: float | None = None
+    best_step: int = -1
+    rollbacks: int = 0
+    lr_factor: float = 1.0  # halved by each rollback after non-finite steps
+    nonfinite_total: int = 0  # non-finite steps before the runner's device counter was last reset
+    last_val: dict[str, float | None] = field(default_factory=dict)
+
+
+def train_state(state: RunState, players: Players, runner: StepRunner) -> dict[str, Any]:
+    """Everything but the weights that an exact resume needs (plain types and tensors: loaded with weights_only)."""
+    s, p = state, players
+    return {
+        "step": s.step, "epoch": s.epoch, "batch_in_epoch": s.batch_in_epoch, "lambda_kl": s.lambda_kl,
+        "best_metric": s.best_metric, "best_step": s.best_step, "rollbacks": s.rollbacks, "lr_factor": s.lr_factor,
+        "nonfinite_total": s.nonfinite_total + int(runner.nonfinite_steps.item()),
+        "last_val": dict(s.last_val),
+        "opt_g": p.opt_g.state_dict(), "opt_d": p.opt_d.state_dict(),
+        "scaler_g": runner.scaler_g.state_dict(), "scaler_d": runner.scaler_d.state_dict(),
+        "q_gen": p.q_gen.state_dict() if p.q_gen else None,
+        "q_disc": p.q_disc.state_dict() if p.q_disc else None,
+        "q_lkl": p.q_lkl.state_dict() if p.q_lkl else None,
+        "rng": ckpt.capture_rng_state(),
+    }
+
+
+def load_weights(players: Players, c: ckpt.Checkpoint, strict: bool, log: Callable[[str], Any]) -> None:
+    """Both players' weights (listing tensors that do not match unless strict) and the EMA's, when it is on."""
+    for name, module in (("model", players.model), ("disc", players.disc)):
+        if name not in c.weights:
+            raise UserError(f"checkpoint {c.path} has no {name} weights")
+        report = ckpt.load_module_weights(module, c.weights[name], strict, name=name)
+        if not report.clean:
+            log(report.summary())
+    if players.ema is not None:
+        ema = players.ema
+        state = ema_state_by_name(c.weights.get("ema", {}), players.model)
+        if all(n in state and state[n].shape == p.shape for n, p in zip(ema.names, ema.params)):
+            ema.load_state_dict(state)
+        else:  # no EMA in the checkpoint (or another model's): start it from the loaded weights
+            players.ema = EMA(players.model, ema.decay, ema.warmup)
+
+
+def restore_progress(state: RunState, players: Players, ts: dict[str, Any]) -> None:
+    """Optimizer states, data position and lambda_kl: what a resume and a rollback both bring back."""
+    players.opt_g.load_state_dict(ts["opt_g"])
+    players.opt_d.load_state_dict(ts["opt_d"])
+    state.step, state.epoch, state.batch_in_epoch = ts["step"], ts["epoch"], ts["batch_in_epoch"]
+    state.lambda_kl = ts["lambda_kl"]
+
+
+def model_signature(cfg: Config) -> dict[str, Any]:
+    """The options that decide the model's tensors (and data shape): a resume must match them exactly."""
+    d = cfg.to_dict()
+    keep_data = ("image_h", "image_w", "num_channels", "num_input_frames", "num_predict_frames")
+    return {"model": d["model"], "data": {k: d["data"][k] for k in keep_data}}
+
+
+def resume(path: str, cfg: Config, state: RunState, players: Players, runner: StepRunner,
+           log: Callable[[str], Any]) -> None:
+    """Continue the run at `path` exactly where its last checkpoint left it."""
+    c = ckpt.load_checkpoint(ckpt.resolve_checkpoint(path, prefer="last"), map_location=players.device)
+    stored = config_from_dict(c.meta["config"])
+    if model_signature(stored) != model_signature(cfg):
+        raise UserError(f"--resume {path}: the checkpoint's model options differ from this run's; "
+                        "use --load_checkpoint to start a new phase from its weights")
+    load_weights(players, c, strict=True, log=log)
+    ts = c.train_state
+    restore_progress(state, players, ts)
+    runner.scaler_g.load_state_dict(ts["scaler_g"])
+    runner.scaler_d.load_state_dict(ts["scaler_d"])
+    for ctrl, key in ((players.q_gen, "q_gen"), (players.q_disc, "q_disc"), (players.q_lkl, "q_lkl")):
+        if ctrl is not None and ts.get(key) is not None:
+            ctrl.load_state_dict(ts[key])
+    state.best_metric, state.best_step = ts["best_metric"], ts["best_step"]
+    state.rollbacks, state.lr_factor, state.nonfinite_total = ts["rollbacks"], ts["lr_factor"], ts["nonfinite_total"]
+    state.last_val = dict(ts["last_val"])
+    ckpt.restore_rng_state(ts["rng"])
+    log(f"resumed {c.path} at step {state.step} (epoch {state.epoch + 1}, batch {state.batch_in_epoch})")
+
+
+def load_phase(path: str, cfg: Config, state: RunState, players: Players, log: Callable[[str], Any]) -> None:
+    """Start a new phase from the weights at `path` (its best checkpoint in a run dir); everything else is this run's."""
+    c = ckpt.load_checkpoint(ckpt.resolve_checkpoint(path, prefer="best"), map_location=players.device)
+    load_weights(players, c, strict=cfg.train.load_strict, log=log)
+    log(f"new phase from {c.path} (step {c.step}): this run's lambda_kl {state.lambda_kl:g}, "
+        f"LR G/D {cfg.train.learning_rate_gen:g}/{cfg.train.learning_rate_disc:g}")
+
+
+def rollback(run_dir: Path, state: RunState, players: Players, runner: StepRunner, log: Callable[[str], Any]) -> None:
+    """Back to the run's last checkpoint after non-finite steps: weights and progress restored, learning rates halved
+    (the caller re-applies them), the runner's non-finite counters folded into the state and reset."""
+    c = ckpt.load_checkpoint(ckpt.resolve_checkpoint(run_dir, prefer="last"), map_location=players.device)
+    load_weights(players, c, strict=True, log=log)
+    restore_progress(state, players, c.train_state)
+    state.rollbacks += 1
+    state.lr_factor *= 0.5
+    state.nonfinite_total += int(runner.nonfinite_steps.item())
+    runner.nonfinite_steps.zero_()
+    runner.consecutive_nonfinite.zero_()
