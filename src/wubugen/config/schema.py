@@ -195,7 +195,9 @@ class TrainConfig:
     load_checkpoint: str | None = None
     load_strict: bool = False
     resume: str | None = None
+    resume_fallback: bool = False  # --resume: a corrupt last checkpoint falls back to the previous good one (with a note)
     save_interval: int = 1000
+    save_every_minutes: float = 5.0  # > 0: also save when this many minutes passed since the last save (0: off)
     keep_last_checkpoints: int = 3
     # validation
     val_interval: int = 0  # optimizer steps between validations (0: once per epoch)
