@@ -2,7 +2,7 @@
 
 Each row builds the model for a preset plus flags, warms up, then times `--steps` steps with CUDA events (median) on fresh
 random uint8 clips (never zeros) already on the device: data loading is out of the timed region, as in the measurement of
-the original script (reference/BASELINES.md). Q-control decisions run every `q_control_interval` steps, as in training.
+the original script (../shared/reference/BASELINES.md). Q-control decisions run every `q_control_interval` steps, as in training.
 It reports s/step, clips/s, peak memory, FLOPs per step (torch.utils.flop_counter over one whole step) and model FLOPs
 utilisation against this card's measured bf16 matrix rate.
 

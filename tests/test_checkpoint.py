@@ -125,9 +125,8 @@ def test_failed_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
     save_simple(tmp_path, 1, value=1.0)
     real_save = torch.save
 
-    def broken_save(obj, f, *a, **kw):
-        with open(f, "wb") as fh:
-            fh.write(b"PK\x03\x04 half a zip")  # a truncated file, then the "crash"
+    def broken_save(obj, f, *a, **kw):  # f: the open file save_checkpoint writes through
+        f.write(b"PK\x03\x04 half a zip")  # a truncated file, then the "crash"
         raise OSError("disk full")
 
     monkeypatch.setattr(ck.torch, "save", broken_save)
@@ -155,10 +154,9 @@ KILL_SCRIPT = textwrap.dedent(
         os.kill(os.getpid(), signal.SIGKILL)  # no cleanup handler, no finally: a real crash
 
     if point == "mid_write":  # train_state.pt half written
-        def half(obj, f):
-            with open(f, "wb") as fh:
-                fh.write(b"PK\\x03\\x04")
-                fh.flush()
+        def half(obj, f):  # f: the open file save_checkpoint writes through
+            f.write(b"PK\\x03\\x04")
+            f.flush()
             die()
         ck.torch.save = half
     elif point == "before_rename":  # every file written and fsynced, directory not yet renamed

@@ -1,5 +1,6 @@
 """The typed config: the original's flag names, presets, TOML, precedence and one-line errors."""
 import argparse
+from typing import get_args, get_origin
 
 import pytest
 
@@ -7,7 +8,7 @@ from wubugen.config import (
     PRESETS, Config, ConfigError, add_config_arguments, build_config, config_from_args, config_from_dict, flag_table,
 )
 
-# SPEC §10 flags that still mean something (all of them but the two the original overwrote, which now mean what they say)
+# the original script's flags that still mean something (all of them but the two the original overwrote, which now mean what they say)
 ORIGINAL_FLAGS = """video_data_path local_rank epochs batch_size image_h image_w num_channels num_input_frames
 num_predict_frames frame_skip seed num_workers checkpoint_dir load_checkpoint load_strict wandb wandb_project wandb_run_name
 log_interval save_interval gaad_num_regions gaad_decomposition_type gaad_min_size_px use_wubu_motion_branch
@@ -122,3 +123,74 @@ def test_compile_mode_is_checked_and_reaches_torch_compile(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda module, **kw: seen.update(kw) or module)
     compile_player(torch.nn.Linear(2, 2), cfg.train.compile_mode)
     assert seen == {"mode": "max-autotune-no-cudagraphs"}
+
+
+# ---- the schema's metadata: descriptions, groups, ranges -------------------------------------------------------------
+def test_every_option_carries_its_description_group_and_a_valid_range():
+    from wubugen.config import GROUPS, options
+
+    for o in options():
+        assert o.help and "{stack}" not in o.help and o.group in GROUPS, o.name
+        assert o.default is None or o.range is None or all(
+            v in o.range for v in (o.default if isinstance(o.default, tuple) else [o.default])), o.name
+    guides = [o.guide for o in options() if o.guide]
+    assert len(guides) == len(set(guides)) == 15  # + NPROC_PER_NODE, which is torchrun's: the guide's 16
+
+
+def _outside(o):
+    """A value just outside the option's range, of its type (a list: every element)."""
+    from wubugen.config.loading import base_type
+
+    r = o.range
+    if r.allowed:
+        bad = max(r.allowed) + 1
+    elif r.lo is not None:
+        bad = r.lo - 1 if r.lo_closed else r.lo
+    else:
+        bad = r.hi + 1 if r.hi_closed else r.hi
+    inner, _ = base_type(o.type)
+    if get_origin(inner) is list:
+        (inner,) = get_args(inner)
+    return [inner(bad)] * max(1, len(o.default)) if isinstance(o.default, tuple) else inner(bad)
+
+
+def _ranged():
+    from wubugen.config import options
+
+    return [o for o in options() if o.range is not None]
+
+
+@pytest.mark.parametrize("option", _ranged(), ids=lambda o: o.name)
+def test_every_range_is_checked_with_a_one_line_error_naming_the_option(option):
+    with pytest.raises(ConfigError) as e:
+        build_config(overrides={option.name: _outside(option)})
+    assert f"--{option.name}" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"learning_rate_gen": "nan"}, "--learning_rate_gen must be a finite number, not nan"),
+    ({"learning_rate_disc": float("inf")}, "--learning_rate_disc must be a finite number, not inf"),
+    ({"lambda_kl": "inf"}, "--lambda_kl must be a finite number"),
+    ({"global_max_grad_norm": "-inf"}, "--global_max_grad_norm must be a finite number"),  # no range, still finite
+    ({"adam_betas": "0.9 nan"}, "--adam_betas values must be finite numbers"),
+    ({"wubu_dropout": 1.0}, "--wubu_dropout must be in [0, 1), not 1"),
+    ({"num_channels": 2}, "--num_channels must be 1 or 3, not 2"),
+    ({"q_control_interval": 0}, "--q_control_interval must be positive, not 0"),
+    ({"epochs": -1}, "--epochs must be >= 0, not -1"),
+])
+def test_non_finite_and_out_of_range_values_are_refused_up_front(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        build_config("tiny", overrides=overrides)
+    assert needle in str(e.value)
+
+
+def test_non_finite_values_from_toml_and_flags(tmp_path, capsys):
+    from wubugen.cli import main
+
+    toml = tmp_path / "run.toml"
+    toml.write_text("[train]\nlambda_gan = nan\n")
+    with pytest.raises(ConfigError, match="--lambda_gan must be a finite number"):
+        build_config(config_file=str(toml))
+    assert main(["inspect", "--preset", "tiny", "--learning_rate_gen", "nan"]) == 2  # before any model is built
+    err = capsys.readouterr().err.strip()
+    assert err == "wubugen: error: --learning_rate_gen must be a finite number, not nan"

@@ -1,4 +1,4 @@
-"""GAAD boxes against the SPEC §4.4 test vectors, and the rasterised region maps."""
+"""GAAD boxes against the original script's boxes for the same settings (test vectors), and the rasterised region maps."""
 import pytest
 import torch
 
@@ -59,7 +59,7 @@ def test_boxes_are_valid_for_any_frame(w, h):
         assert (b[:, 0] < b[:, 2]).all() and (b[:, 1] < b[:, 3]).all()
         assert (b[:, 0] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 1] >= 0).all() and (b[:, 3] <= h).all()
         nb = normalized_boxes(b, w, h)
-        assert (nb >= 0).all() and (nb <= 1).all()  # positive heights: SPEC D12 cannot happen
+        assert (nb >= 0).all() and (nb <= 1).all()  # positive heights: the original's negative box height cannot happen
 
 
 def test_region_masks_are_exact_coverage():

@@ -47,7 +47,13 @@ def test_every_parameter_gets_gradient_launcher_grid(task, dtype, film):
 
 @pytest.mark.parametrize("overrides", [
     {"latent_type": "global"},
-    {"encoder_use_roi_align": False},
+    {"latent_type": "global", "encoder_use_roi_align": True},
+    {"encoder_use_roi_align": True},
+    {"encoder_targets_only": False},
+    {"region_codes": "add"},
+    {"region_codes": "none"},
+    {"gen_region_film": False},
+    {"disc_patch_logits": False},
     {"wubu_euclidean": True},
     {"wubu_s_use_rotation": True, "wubu_s_phi_influence_rotation_init": True, "wubu_t_use_rotation": True},
     {"wubu_t_num_levels": 0},
@@ -68,7 +74,8 @@ def test_output_shapes_any_frame_size(h, w, latent, task):
     out = model(clip)
     assert out.recon.shape == (2, 2, 3, h, w) == out.target.shape
     assert out.mu.shape == (2, *model.latent_shape()) == out.logvar.shape
-    assert disc(out.recon).shape == (2, 1)
+    logits = disc(out.recon)
+    assert logits.shape[0] == 2 and logits.dim() == 2 and (logits.shape[1] > 1) == cfg.model.disc_patch_logits
     assert out.recon.abs().max() <= 1.0
     if latent == "spatial":
         assert model.latent_shape()[-2:] == (math.ceil(h / 4), math.ceil(w / 4))
@@ -91,7 +98,7 @@ def test_every_encoder_frame_reaches_the_latent():
 
 
 def test_wubu_t_mixes_time_on_its_own():
-    """The region codes of WuBu-T depend on every frame (not only the last, SPEC D8)."""
+    """The region codes of WuBu-T depend on every frame (not only the last, as in the original)."""
     cfg = build_config("tiny", overrides={"num_input_frames": 4, "wubu_dropout": 0.0})
     enc = build_model(cfg.model, cfg.geometry).encoder.eval()
     x = random_clip(cfg, 1).requires_grad_()
@@ -163,7 +170,7 @@ def test_launcher_sizes_follow_the_original():
     assert [lv.dim for lv in enc.wubu_s.levels] == [128, 64]
     assert [lv.dim for lv in enc.wubu_t.levels] == [256, 128]
     assert enc.num_regions == 24
-    # phi-influenced initial curvatures (SPEC §2.2): 0.4859, 0.5503
+    # phi-influenced initial curvatures (the original's rule c * phi^((i mod 4) - 1.5)): 0.4859, 0.5503
     cs = [lv.curvature().item() for lv in enc.wubu_s.levels]
     assert cs == pytest.approx([0.4859, 0.5503], abs=1e-3)
     # no 32-wide bottleneck: the combiner's hidden width follows the level's
@@ -191,7 +198,7 @@ def _grads_and_saved_bytes(overrides: dict) -> tuple[dict[str, torch.Tensor], in
 
 
 @pytest.mark.parametrize("chunk", [16, 3])
-@pytest.mark.parametrize("overrides", [{}, {"task": "predict"}, {"latent_type": "global"}])
+@pytest.mark.parametrize("overrides", [{}, {"task": "predict"}, {"latent_type": "global", "encoder_use_roi_align": True}])
 def test_activation_checkpointing_changes_memory_not_gradients(overrides, chunk, monkeypatch):
     import wubugen.models.encoder as encoder
 

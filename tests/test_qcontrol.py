@@ -1,4 +1,4 @@
-"""Q-controllers: features and rewards against hand-computed values (SPEC 8.2-8.5), the D21/D22 fixes, lambda_KL band
+"""Q-controllers: features and rewards against hand-computed values (the original's rules), the trend and metric-direction fixes, lambda_KL band
 and cadence, checkpoints (weights_only), purity and non-finite handling."""
 import copy
 import io
@@ -54,7 +54,7 @@ def weights_only_copy(sd):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Trend bins (SPEC 8.2) and the D22 fix
+# Trend bins and the fix of the trend's reference (the history before the new value)
 # ---------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "history, current, expected",
@@ -123,7 +123,7 @@ def test_state_features():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Rewards (SPEC 8.5), hand-computed
+# Rewards, hand-computed
 # ---------------------------------------------------------------------------------------------------------------------
 def test_gen_reward():
     cur = dict(loss_g_total=1.0, loss_recon=0.11, loss_kl=200.0, loss_g_adv=0.8, loss_d_total=0.5)

@@ -41,7 +41,7 @@ def test_curvature_scale_spread_change_after_a_step():
 
 
 def test_last_level_geometry_shapes_the_output():
-    """SPEC D3: in the original, the last level's scale, descriptor and boundary points had no effect."""
+    """In the original, the last level's scale, descriptor and boundary points had no effect."""
     torch.manual_seed(0)
     s = stack().eval()
     x = torch.randn(10, 12)
@@ -85,7 +85,7 @@ def test_phi_curvature_factors():
 
 
 def test_points_stay_well_inside_the_ball_for_layernorm_scale_inputs():
-    """SPEC §1.3: the original saturated tanh; here tangent inputs are rescaled so points are not pinned to the edge."""
+    """The original saturated tanh; here tangent inputs are rescaled so points are not pinned to the edge."""
     torch.manual_seed(0)
     s = stack()
     lv = s.levels[0]

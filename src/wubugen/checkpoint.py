@@ -12,7 +12,7 @@ Layout of a run's checkpoint directory::
         best.json                 the same for the best checkpoint (by --val_primary_metric)
 
 Why this shape: the original pickled one dict (numpy values inside), which torch >= 2.6 refuses to load by default, and a
-crash during `torch.save` left a truncated file under the final name (SPEC §9.6, D18). Here a checkpoint is written into a
+crash during `torch.save` left a truncated file under the final name. Here a checkpoint is written into a
 hidden temporary sibling directory, every file is fsynced, and the directory is renamed into place; a `step_*` directory
 therefore either is complete or does not exist. Pointer files are replaced atomically after the rename, so `last.json` names
 the previous checkpoint until the new one is whole. Loading never unpickles arbitrary objects.
@@ -31,7 +31,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, BinaryIO, Callable, Literal, Mapping
 
 import numpy as np
 import safetensors
@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from wubugen import __version__
 from wubugen.errors import UserError
-from wubugen.media import atomic_write_text, fsync_dir as _fsync_dir, fsync_file as _fsync_file
+from wubugen.media import atomic_write_text, fsync_dir as _fsync_dir
 
 WEIGHTS_FILE = "weights.safetensors"
 TRAIN_STATE_FILE = "train_state.pt"
@@ -65,6 +65,19 @@ def step_dir_name(step: int) -> str:
 def _write_json_atomic(path: Path, obj: Any) -> None:
     """A pointer file, strict JSON, replaced atomically and durably (wubugen.media)."""
     atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def _write_file(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Create `path`, let `write` fill it, flush and fsync it; an OSError carries the file's name."""
+    try:
+        with open(path, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.filename is None and e.errno is not None:  # (an errno-less OSError keeps its message)
+            e.filename = str(path)
+        raise
 
 
 def _remove_dir_atomic(path: Path) -> None:
@@ -226,11 +239,14 @@ def save_checkpoint(
     tmp = root / f"{_TMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        safetensors.torch.save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "step": str(step)})
-        torch.save(dict(train_state), tmp / TRAIN_STATE_FILE)
-        (tmp / META_FILE).write_text(json.dumps(meta_doc, indent=2, allow_nan=False) + "\n")
-        for name in CHECKPOINT_FILES:
-            _fsync_file(tmp / name)
+        # through Python file objects: a full disk or an I/O error is an OSError naming the file (torch.save and
+        # safetensors' own writers turn it into a RuntimeError or worse)
+        blob = safetensors.torch.save(weights, metadata={"format": "pt", "step": str(step)})
+        _write_file(tmp / WEIGHTS_FILE, lambda f, data=blob: f.write(data))
+        blob = b""  # the serialized weights go as soon as they are on disk
+        _write_file(tmp / TRAIN_STATE_FILE, lambda f: torch.save(dict(train_state), f))
+        meta_bytes = (json.dumps(meta_doc, indent=2, allow_nan=False) + "\n").encode()
+        _write_file(tmp / META_FILE, lambda f: f.write(meta_bytes))
         _fsync_dir(tmp)
         if final.exists():
             # The same step saved again (e.g. the epoch-end save after a step save). A directory cannot be renamed
@@ -303,7 +319,10 @@ def _check_complete(d: Path) -> Path:
 
 
 def _follow_pointer(pointer: Path) -> Path:
-    target = pointer.parent / _read_pointer(pointer)["checkpoint"]
+    name = _read_pointer(pointer)["checkpoint"]
+    if not _STEP_DIR.match(name):
+        raise UserError(f"{pointer} names {name!r}, which is not a checkpoint of this run (expected step_<number>)")
+    target = pointer.parent / name
     if not target.is_dir():
         have = ", ".join(p.name for p in list_checkpoints(pointer.parent)) or "none"
         raise UserError(f"{pointer} names {target.name}, which does not exist (checkpoints there: {have})")
@@ -385,7 +404,38 @@ def load_checkpoint(
         meta = json.loads((d / META_FILE).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read {d / META_FILE}: {e}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{d / META_FILE} is malformed: a JSON object expected, not {type(meta).__name__}")
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise UserError(f"{d / META_FILE} is malformed: its \"step\" is {step!r}, not a step number")
+    if "config" in meta and not isinstance(meta["config"], dict):
+        raise UserError(f"{d / META_FILE} is malformed: its \"config\" is not a table of options")
     return Checkpoint(path=d, weights=weights, train_state=train_state, meta=meta)
+
+
+def stored_config(c: Checkpoint):
+    """The options a checkpoint was written with (its meta.json), as a Config; a UserError naming the file if they
+    are missing or not valid options."""
+    from wubugen.config import config_from_dict
+
+    where = c.path / META_FILE
+    if not isinstance(c.meta.get("config"), dict):
+        raise UserError(f"{where} is malformed: it holds no \"config\" (the run's options)")
+    try:
+        return config_from_dict(c.meta["config"])
+    except UserError as e:
+        raise UserError(f"{where}: the stored options are not valid: {e}") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"{where} is malformed: its \"config\" cannot be read as options ({e})") from None
+
+
+def run_dir_of(path: str | os.PathLike[str]) -> Path:
+    """The run directory a checkpoint path belongs to: a step_* directory's or a pointer file's parent, else itself."""
+    p = Path(path)
+    if p.is_file() or _STEP_DIR.match(p.name):
+        return p.parent
+    return p
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -459,11 +509,10 @@ def ema_state_by_name(state: dict[str, Tensor], model: nn.Module) -> dict[str, T
 def load_trained(path: str, device: torch.device, prefer: Literal["last", "best"] = "best", use_ema: bool = True):
     """(config, model in eval mode, the Checkpoint) from a checkpoint directory, a run directory or a pointer file;
     with `use_ema` the EMA's weights when the checkpoint has them (what `wubugen sample` and `evaluate` use)."""
-    from wubugen.config import config_from_dict
     from wubugen.models.vaegan import build_model
 
     c = load_checkpoint(resolve_checkpoint(path, prefer=prefer), map_location="cpu")
-    cfg = config_from_dict(c.meta["config"])
+    cfg = stored_config(c)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, cfg.geometry)
     load_module_weights(model, c.weights["model"], strict=True, name="model")

@@ -2,10 +2,10 @@
 
 Boxes never depend on image content: they are a pure function of (W, H, n, mode, min_size), so wubugen computes them once
 per frame size and keeps them as buffers. One box convention everywhere: `[x1, y1, x2, y2]` in pixels, floats, x along the
-width, origin top left, x1 < x2 and y1 < y2 (the original's negative box height, SPEC D12, cannot arise).
+width, origin top left, x1 < x2 and y1 < y2 (the original's negative box height cannot arise).
 
-The construction reproduces SPEC §4 exactly, including the float32 area ordering that decides ties (§4.1 step 4), so the
-boxes match the original's for the same settings (§4.4 test vectors).
+The construction reproduces the original script's exactly, including the float32 area ordering that decides ties, so the
+boxes match the original's for the same settings (tests/test_gaad.py holds its values).
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def golden_subdivide(width: float, height: float, n: int, min_size: float) -> Te
 
 
 def phi_spiral_centers(width: float, height: float, n: int) -> tuple[list[tuple[float, float]], list[float]]:
-    """Centres and scales of n points on a golden spiral around the frame centre (SPEC §4.2)."""
+    """Centres and scales of n points on a golden spiral around the frame centre (the original's spiral)."""
     if n <= 0:
         return [], []
     centers = [(width / 2.0, height / 2.0)]

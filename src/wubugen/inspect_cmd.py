@@ -135,9 +135,16 @@ def _cmd(args: argparse.Namespace) -> int:
     return run_inspect(cfg, batch=args.batch, seed=cfg.train.seed)
 
 
+INSPECT_EXAMPLES = """examples:
+  wubugen inspect --preset launcher                  # the launcher's model: parameters, FLOPs, dead parameters
+  wubugen inspect --preset tiny --task predict --use_wubu_motion_branch --optical_flow_net_type dis"""
+
+
 def register(sub) -> None:
     p = sub.add_parser("inspect", help="build the model, run one training-style step on the CPU, report parameters, "
-                                       "FLOPs, shapes and dead parameters")
-    p.add_argument("--batch", type=int, default=2, help="random clips in the step (default 2)")
+                                       "FLOPs, shapes and dead parameters",
+                       description=__doc__.split("\n\n")[0] + " The model options are those of `wubugen train`.",
+                       epilog=INSPECT_EXAMPLES)
+    p.add_argument("--batch", type=int, default=2, metavar="N", help="random clips in the step")
     add_config_arguments(p)
     p.set_defaults(func=_cmd)

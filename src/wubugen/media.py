@@ -73,6 +73,10 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         fsync_file(tmp)
         os.replace(tmp, final)
         fsync_dir(final.parent)
+    except OSError as e:  # a full disk, a read-only folder: the error names the file meant (writes through handles don't)
+        if e.filename is None and e.errno is not None:  # (an errno-less OSError keeps its message)
+            e.filename = str(final)
+        raise
     finally:
         tmp.unlink(missing_ok=True)  # only still there if the block failed
 
@@ -289,3 +293,84 @@ def save_clips(path: str | os.PathLike[str], clips: Tensor | np.ndarray, fps: in
     if suffix == ".mp4":
         return save_mp4(path, tile_clips(clips), fps)
     raise UserError(f"cannot write clips to {path}: use a {', '.join(CLIP_SUFFIXES)} file name")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Many clips: what each format holds, and a PNG grid written band by band (bounded memory for any number of clips)
+# --------------------------------------------------------------------------------------------------------------------
+GIF_MAX_SIDE = 65535  # 16-bit logical screen size
+PNG_MAX_SIDE = 2**31 - 1
+
+
+def max_clips(path: str | os.PathLike[str], clip_h: int, clip_w: int) -> int:
+    """How many clips of clip_h x clip_w px `save_clips` / `write_clip_grid_stream` can put into the file format of
+    `path`: a PNG grid stacks them (one per row), a GIF or MP4 puts them side by side in every frame."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".png":
+        side, size = PNG_MAX_SIDE, clip_h
+    elif suffix == ".gif":
+        side, size = GIF_MAX_SIDE, clip_w
+    else:
+        import av  # as in _encode_video
+
+        side = 16384 if "libx264" in av.codecs_available else 8190  # libx264's limit; MPEG-4 part 2 has 13 bits
+        size = clip_w + clip_w % 2
+    return max(0, (side + SEPARATOR_PX) // (size + SEPARATOR_PX))
+
+
+class _PngBands:
+    """An 8-bit RGB PNG of a known size written in bands of rows (filter 0, zlib-streamed IDAT chunks)."""
+
+    def __init__(self, f: Any, width: int, height: int):
+        import struct
+        import zlib
+
+        if not (0 < width <= PNG_MAX_SIDE and 0 < height <= PNG_MAX_SIDE):
+            raise ValueError(f"a PNG is at most {PNG_MAX_SIDE} px a side, not {width}x{height}")
+        self._f, self._struct, self._zlib = f, struct, zlib
+        self.width, self.rows_left = width, height
+        self._z = zlib.compressobj(6)
+        f.write(b"\x89PNG\r\n\x1a\n")
+        self._chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+
+    def _chunk(self, kind: bytes, data: bytes) -> None:
+        if kind == b"IDAT" and not data:
+            return
+        crc = self._zlib.crc32(kind + data) & 0xFFFFFFFF
+        self._f.write(self._struct.pack(">I", len(data)) + kind + data + self._struct.pack(">I", crc))
+
+    def write(self, rows: np.ndarray) -> None:
+        """rows: (h, width, 3) uint8."""
+        if rows.shape[1:] != (self.width, 3) or rows.dtype != np.uint8 or len(rows) > self.rows_left:
+            raise ValueError(f"rows of shape {rows.shape} do not fit a {self.width}-wide PNG with {self.rows_left} rows left")
+        raw = np.concatenate([np.zeros((len(rows), 1), np.uint8), rows.reshape(len(rows), -1)], axis=1)
+        self._chunk(b"IDAT", self._z.compress(raw.tobytes()))
+        self.rows_left -= len(rows)
+
+    def close(self) -> None:
+        if self.rows_left:
+            raise ValueError(f"PNG incomplete: {self.rows_left} rows missing")
+        self._chunk(b"IDAT", self._z.flush())
+        self._chunk(b"IEND", b"")
+
+
+def write_clip_grid_stream(path: str | os.PathLike[str], batches: Iterator[Tensor | np.ndarray], num: int) -> Path:
+    """`clip_grid` of `num` clips that arrive in batches ((n, T, C, H, W) uint8 each), written as a PNG band by band:
+    memory holds one batch, whatever `num` is. Atomic, as every output here."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        png, done = None, 0
+        for batch in batches:
+            band = clip_grid(batch)
+            n = len(batch)
+            if png is None:
+                clip_h = (band.shape[0] - SEPARATOR_PX * (n - 1)) // n
+                png = _PngBands(f, band.shape[1], num * clip_h + SEPARATOR_PX * (num - 1))
+            else:
+                png.write(np.full((SEPARATOR_PX, band.shape[1], 3), SEPARATOR_VALUE, np.uint8))
+            png.write(band)
+            done += n
+        if png is None or done != num:
+            raise ValueError(f"expected {num} clips, got {done}")
+        png.close()
+    return Path(path)
+

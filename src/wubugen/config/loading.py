@@ -2,20 +2,18 @@
 
 Values are resolved in this order, later winning: field defaults < `--preset NAME` (a TOML file in wubugen/presets) <
 `--config FILE.toml` < flags. TOML files may use sections (`[data]`, `[model]`, `[model.wubu_s]`, `[train]`, `[log]`) or
-flat flag names at the top level.
+flat flag names at the top level. The flags themselves and their help: config/arguments.py.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from dataclasses import fields, is_dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin
 
 import tomli_w
 
-from wubugen.config.schema import PRESETS, SECTIONS, STACKS, Config, ConfigError, validate
+from wubugen.config.schema import PRESETS, SECTIONS, STACKS, Config, ConfigError, options, validate
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,32 +24,12 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 # --------------------------------------------------------------------------------------------------------------------
 # Flag table: flag name -> (path of attribute names, annotated type, default)
 # --------------------------------------------------------------------------------------------------------------------
-def _hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
-
-
 def flag_table() -> dict[str, tuple[tuple[str, ...], Any, Any]]:
-    table: dict[str, tuple[tuple[str, ...], Any, Any]] = {}
-    cfg = Config()
-    for section in SECTIONS:
-        sec_obj = getattr(cfg, section)
-        hints = _hints(type(sec_obj))
-        for f in fields(sec_obj):
-            value = getattr(sec_obj, f.name)
-            if is_dataclass(value):
-                prefix = STACKS[f.name]
-                sub_hints = _hints(type(value))
-                for sf in fields(value):
-                    name = prefix + sf.name
-                    assert name not in table, name
-                    table[name] = ((section, f.name, sf.name), sub_hints[sf.name], getattr(value, sf.name))
-            else:
-                assert f.name not in table, f.name
-                table[f.name] = ((section, f.name), hints[f.name], value)
-    return table
+    """Every option (schema.options()) by flag name; a list default is a tuple."""
+    return {o.name: (o.path, o.type, o.default) for o in options()}
 
 
-def _base_type(tp: Any) -> tuple[Any, bool]:
+def base_type(tp: Any) -> tuple[Any, bool]:
     """(inner type, optional?) for `X | None`."""
     if get_origin(tp) in (Union, getattr(__import__("types"), "UnionType", Union)):
         args = [a for a in get_args(tp) if a is not type(None)]
@@ -61,7 +39,7 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
 
 def _coerce(name: str, tp: Any, value: Any) -> Any:
     """Turn a TOML or string value into the field's type, or raise ConfigError naming the option."""
-    inner, optional = _base_type(tp)
+    inner, optional = base_type(tp)
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "")):
         if optional:
             return None
@@ -175,44 +153,6 @@ def config_toml(cfg: Config) -> str:
     return dump_toml(cfg.to_dict())
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Argument parsing
-# --------------------------------------------------------------------------------------------------------------------
-class _BoolAction(argparse.Action):
-    """`--flag`, `--flag true|false` and `--no-flag` all work, as old launchers pass store_true flags."""
-
-    def __init__(self, option_strings, dest, **kw):
-        opts = list(option_strings) + [s.replace("--", "--no-", 1) for s in option_strings if s.startswith("--")]
-        super().__init__(opts, dest, nargs="?", **kw)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if option_string and option_string.startswith("--no-"):
-            setattr(namespace, self.dest, "false")
-        else:
-            setattr(namespace, self.dest, "true" if values is None else values)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
-    """Add `--preset`, `--config` and one flag per option (all as strings; coerced in `config_from_args`)."""
-    parser.add_argument("--preset", default=None, help=f"start from a preset: {', '.join(PRESETS)}")
-    parser.add_argument("--config", default=None, metavar="FILE.toml", help="TOML file of options (after the preset)")
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for name, (path, tp, default) in flag_table().items():
-        section = path[0]
-        if only is not None and section not in only:
-            continue
-        grp = groups.setdefault(section, parser.add_argument_group(f"{section} options"))
-        inner, _ = _base_type(tp)
-        help_default = f"default: {default}"
-        if inner is bool:
-            grp.add_argument(f"--{name}", dest=f"opt__{name}", action=_BoolAction, default=None, help=help_default)
-        elif get_origin(inner) is list:
-            grp.add_argument(f"--{name}", dest=f"opt__{name}", nargs="+", default=None, help=help_default)
-        else:
-            choices = get_args(inner) if get_origin(inner) is Literal else None
-            grp.add_argument(f"--{name}", dest=f"opt__{name}", default=None, choices=choices, help=help_default)
-
-
 def build_config(preset: str | None = None, config_file: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults < preset < config file < overrides (flag name -> value, strings allowed)."""
     table = flag_table()
@@ -235,11 +175,6 @@ def build_config(preset: str | None = None, config_file: str | None = None, over
         cfg.train.precision = "fp16"
     validate(cfg)
     return cfg
-
-
-def config_from_args(ns: argparse.Namespace) -> Config:
-    overrides = {k[len("opt__"):]: v for k, v in vars(ns).items() if k.startswith("opt__") and v is not None}
-    return build_config(getattr(ns, "preset", None), getattr(ns, "config", None), overrides)
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:

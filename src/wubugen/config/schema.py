@@ -1,18 +1,23 @@
 """The schema: every option of wubugen as a typed dataclass field with its default, and the checks on their values.
 
-This is the single source of truth for options: flags, TOML keys and `--help` are generated from it (config/loading.py).
+This is the single source of truth for options: every field is declared with `opt()`, which carries its description,
+range, `--help` group and the training guide's launcher variable as field metadata. Flags, TOML keys, `--help`
+(config/arguments.py), docs/options.md (config/reference.py) and the range checks of `validate()` are generated from it.
 A field's flag is its name (`--image_h`), or, for the three WuBu stacks, the stack's prefix plus the field's name
 (`--wubu_s_hyperbolic_dims`). The original script's flag names are kept where they still mean something.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Literal
+import functools
+import math
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Literal, get_type_hints
 
 from wubugen.errors import UserError
 
-PRESETS = ("launcher", "tiny", "quickstart")
+PRESETS = ("launcher", "original", "tiny", "quickstart")
 FLOW_STATS = ("mag_mean", "angle_mean", "mag_std", "angle_std")
 VAL_METRICS = ("avg_val_recon_mse", "avg_val_psnr", "avg_val_ssim", "avg_val_lpips")
 
@@ -22,208 +27,451 @@ class ConfigError(UserError, ValueError):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Field metadata: what `--help`, docs/options.md and validate() know of an option
+# --------------------------------------------------------------------------------------------------------------------
+GROUPS = {  # the --help sections, in order; a field's group defaults to its TOML section's (the stacks': wubu)
+    "data": "data: footage, frame size, windows, validation split",
+    "model": "model: task, latent, GAAD regions, encoder, generator, motion branch",
+    "wubu": "WuBu stacks: S per GAAD region and frame, T per region over time, M per motion region and flow step",
+    "disc": "discriminator",
+    "train": "training: length, losses, optimizers, non-finite steps",
+    "qcontrol": "Q-control: the learning-rate, momentum and lambda_kl controllers",
+    "checkpoints": "checkpoints, phases and validation",
+    "log": "logging: console, W&B, TensorBoard, samples",
+    "speed": "speed: device, precision, compilation, CUDA graphs, memory",
+}
+STACK_NAMES = {"wubu_s": "WuBu-S", "wubu_t": "WuBu-T", "wubu_m": "WuBu-M"}  # `{stack}` in a stack field's help
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric option accepts (for a list: each element): bounds, or a few allowed values."""
+
+    text: str  # as written in the schema: "> 0", ">= 0", "[0, 1)", "1 or 3"
+    lo: float | None = None
+    lo_closed: bool = True
+    hi: float | None = None
+    hi_closed: bool = True
+    allowed: tuple[float, ...] = ()
+
+    def __contains__(self, x: float) -> bool:
+        if self.allowed:
+            return x in self.allowed
+        if self.lo is not None and (x < self.lo or (x == self.lo and not self.lo_closed)):
+            return False
+        return self.hi is None or x < self.hi or (x == self.hi and self.hi_closed)
+
+    @property
+    def phrase(self) -> str:
+        """As a message says it: "positive", ">= 0", "in [0, 1)", "1 or 3"."""
+        if self.text == "> 0":
+            return "positive"
+        return f"in {self.text}" if self.text[0] in "[(" else self.text
+
+
+_NUM = r"(-?[0-9.]+(?:e-?[0-9]+)?)"
+_COMPARISON = re.compile(rf"^(>=|>|<=|<) {_NUM}$")
+_INTERVAL = re.compile(rf"^([\[(]){_NUM}, {_NUM}([\])])$")
+_ALLOWED = re.compile(rf"^{_NUM}(?: or {_NUM})+$")
+
+
+@functools.lru_cache(maxsize=None)
+def parse_range(text: str) -> Range:
+    if m := _COMPARISON.match(text):
+        op, v = m.group(1), float(m.group(2))
+        if op.startswith(">"):
+            return Range(text, lo=v, lo_closed=op == ">=")
+        return Range(text, hi=v, hi_closed=op == "<=")
+    if m := _INTERVAL.match(text):
+        return Range(text, float(m.group(2)), m.group(1) == "[", float(m.group(3)), m.group(4) == "]")
+    if _ALLOWED.match(text):
+        return Range(text, allowed=tuple(float(v) for v in text.split(" or ")))
+    raise ValueError(f"unknown range {text!r}: write '> 0', '>= 0', '[0, 1)' or '1 or 3'")
+
+
+def opt(default: Any, help: str, range: str | None = None, *, group: str | None = None, guide: str | None = None,
+        common: bool = False, metavar: str | None = None) -> Any:
+    """A config field with what the user is told about it. help: one line, what it does and in which unit (in a stack's
+    fields `{stack}` names the stack); range: the values validate() accepts (see `Range`); group: its --help section
+    (a key of GROUPS; default: its section's); guide: the training guide's launcher variable for it (LAMBDA_KL);
+    common: shown by plain `--help`, where the rest waits for `--help-all`; metavar: for strings (PATH, DIR, NAME).
+    A list default is copied for every instance."""
+    if range is not None:
+        parse_range(range)  # a typo in a range fails at import, not at the first bad value
+    if group is not None and group not in GROUPS:
+        raise ValueError(f"unknown option group {group!r}")
+    meta = {"help": help, "range": range, "group": group, "guide": guide, "common": common, "metavar": metavar}
+    if isinstance(default, list):
+        return field(default_factory=functools.partial(list, default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------------------------------
 @dataclass
 class WuBuStackConfig:
     """One WuBu nesting stack (S: per region, T: over time, M: motion). Flags: --wubu_{s,t,m}_<field>."""
 
-    num_levels: int = 2
-    hyperbolic_dims: list[int] = field(default_factory=lambda: [64, 32])
-    initial_curvatures: list[float] = field(default_factory=lambda: [1.0, 0.8])
-    use_rotation: bool = False
-    phi_influence_curvature: bool = False
-    phi_influence_rotation_init: bool = False
-    output_dim: int | None = None  # None: the last level's dim
+    num_levels: int = opt(
+        2, "{stack}: nesting levels (0: none, a Linear maps the stack's input to its output width)", ">= 0")
+    hyperbolic_dims: list[int] = opt(
+        [64, 32], "{stack}: each level's dimension (one value is repeated for every level)", "> 0")
+    initial_curvatures: list[float] = opt(
+        [1.0, 0.8], "{stack}: each level's initial Poincare-ball curvature, learned from there (one value is repeated)",
+        "> 0")
+    use_rotation: bool = opt(
+        False, "{stack}: a learned rotation (orthogonal, by the Cayley map) before each level-to-level map")
+    phi_influence_curvature: bool = opt(False, "{stack}: scale level i's initial curvature by phi^((i mod 4) - 1.5)")
+    phi_influence_rotation_init: bool = opt(
+        False, "{stack}: start the rotations at phi-scaled plane angles (with use_rotation)")
+    output_dim: int | None = opt(
+        None, "{stack}: output width; none: the last level's dimension (the input width with 0 levels)", "> 0")
 
 
 @dataclass
 class DataConfig:
-    video_data_path: str | None = None  # None: the synthetic demo footage (`wubugen data demo`)
-    validation_video_path: str | None = None
-    validation_split_fraction: float = 0.1
-    val_split_mode: Literal["auto", "files", "time"] = "auto"  # auto: by files when there are several, else time blocks
-    val_block_size: int = 20  # windows per validation time block
-    image_h: int = 64
-    image_w: int = 64
-    num_channels: int = 3
-    num_input_frames: int = 3
-    num_predict_frames: int = 1
-    frame_skip: int = 1
-    window_stride: int = 1
-    resize: Literal["center_crop", "stretch", "pad"] = "center_crop"
-    scene_cut_threshold: float = 0.0  # > 0: windows never straddle a frame difference above this (mean abs, 0-255)
-    cache_dir: str = ".wubugen_cache"
-    num_workers: int = 2
-    strict_data: bool = False
-    augment_flip: bool = False
-    augment_random_crop: bool = False
-    demo_num_clips: int = 8  # synthetic footage size when no data path is given
-    demo_clip_frames: int = 60
+    video_data_path: str | None = opt(
+        None, "training footage: a video file, a folder of videos and frame folders (searched recursively), a frame "
+        "folder, a .npy array or a list file; none: the synthetic demo footage (`wubugen data demo`)",
+        guide="VIDEO_DATA_PATH", common=True, metavar="PATH")
+    validation_video_path: str | None = opt(
+        None, "separate validation footage, in the same forms; none: hold out --validation_split_fraction of the "
+        "training footage", guide="VALIDATION_VIDEO_PATH", common=True, metavar="PATH")
+    validation_split_fraction: float = opt(
+        0.1, "share of the training windows held out for validation when there is no --validation_video_path (0: no "
+        "validation)", "[0, 1)", common=True)
+    val_split_mode: Literal["auto", "files", "time"] = opt(
+        "auto", "how the held-out share is chosen: whole files, time blocks, or auto (files when there are several, "
+        "else time blocks)")
+    val_block_size: int = opt(
+        20, "windows per validation time block; training windows sharing frames with a block are dropped as a guard (0 "
+        "or 1: single windows)", ">= 0")
+    image_h: int = opt(64, "frame height the footage is resized to, in pixels", ">= 8", common=True)
+    image_w: int = opt(64, "frame width the footage is resized to, in pixels", ">= 8", common=True)
+    num_channels: int = opt(3, "colour channels: 3 (RGB) or 1 (grey)", "1 or 3")
+    num_input_frames: int = opt(
+        3, "context frames at the start of each window (all the predict task's encoder sees)", "> 0", common=True)
+    num_predict_frames: int = opt(
+        1, "frames the generator makes: the window's last ones, after the context; also the discriminator's clip "
+        "length", "> 0", common=True)
+    frame_skip: int = opt(1, "step between the frames of a window, in source frames (2: every other frame)", "> 0")
+    window_stride: int = opt(1, "step between the first frames of consecutive windows, in source frames", "> 0")
+    resize: Literal["center_crop", "stretch", "pad"] = opt(
+        "center_crop", "how footage of another shape becomes image_h x image_w: center_crop (cover, keep the aspect "
+        "ratio), stretch, or pad (fit inside, black bars)")
+    scene_cut_threshold: float = opt(
+        0.0, "> 0: no window straddles a frame change above this (mean absolute difference of 0-255 pixel values); 0: "
+        "scene cuts ignored", "[0, 255]")
+    cache_dir: str = opt(
+        ".wubugen_cache", "folder of the decoded-frame and flow cache, and of torch.compile's caches (`wubugen data "
+        "cache` shows and prunes it)", metavar="DIR")
+    num_workers: int = opt(
+        2, "data-loading worker processes (0: load in the main process, the fastest from the memory-mapped cache "
+        "without augmentation)", ">= 0", common=True)
+    strict_data: bool = opt(False, "stop at the first unusable file instead of skipping it with a warning")
+    # mirror training windows at random (the launcher and quickstart presets do: +0.6 dB, docs/results.md)
+    augment_flip: bool = opt(False, "training augmentation: mirror windows horizontally with probability 1/2")
+    augment_random_crop: bool = opt(False, "training augmentation: a random scaled crop of each window")
+    demo_num_clips: int = opt(8, "clips of synthetic demo footage made when no --video_data_path is given", "> 0")
+    demo_clip_frames: int = opt(60, "frames per synthetic demo clip", "> 0")
 
 
 @dataclass
 class ModelConfig:
-    task: Literal["reconstruct", "predict"] = "reconstruct"
+    task: Literal["reconstruct", "predict"] = opt(
+        "reconstruct", "reconstruct: the encoder sees the whole window and the generator rebuilds its last frames; "
+        "predict: the encoder sees only the context frames and the generator predicts the rest", common=True)
     # latent
-    latent_type: Literal["spatial", "global"] = "spatial"
-    latent_dim: int = 256  # global latent size; also the width of the WuBu-T region codes fused into a spatial latent
-    latent_channels: int = 8  # spatial latent channels
-    latent_downsample: int = 4  # spatial latent at 1/latent_downsample of the frame size
-    kl_reduction: Literal["mean", "sum"] = "mean"  # mean over latent elements (any latent shape) or the guide's sum
+    latent_type: Literal["spatial", "global"] = opt(
+        "spatial", "spatial: a grid of latent_channels at 1/latent_downsample of the frame size per generated frame; "
+        "global: one latent_dim vector per clip (the original's shape)", common=True)
+    latent_dim: int = opt(
+        256, "size of a global latent; with a spatial latent, the width of the WuBu-T region codes fused into it",
+        "> 0")
+    latent_channels: int = opt(8, "channels of a spatial latent", "> 0")
+    latent_downsample: int = opt(
+        4, "a spatial latent is 1/N of the frame size in each direction (a power of two)", "> 0")
+    kl_reduction: Literal["mean", "sum"] = opt(
+        "mean", "the KL term's reduction over latent elements: mean (a lambda_kl means the same for any latent size) "
+        "or the guide's sum")
     # GAAD
-    gaad_num_regions: int = 12
-    gaad_decomposition_type: Literal["spiral", "subdivide", "hybrid"] = "hybrid"
-    gaad_min_size_px: int = 4
+    gaad_num_regions: int = opt(
+        12, "GAAD regions per frame: the encoder's regions and the generator's and discriminator's FiLM maps",
+        "> 0", common=True)
+    gaad_decomposition_type: Literal["spiral", "subdivide", "hybrid"] = opt(
+        "hybrid", "region layout: spiral (phi-spiral boxes), subdivide (golden-ratio subdivision) or hybrid (half "
+        "each)")
+    gaad_min_size_px: int = opt(4, "smallest side of a golden-subdivision box, in pixels", ">= 1")
     # encoder
-    encoder_use_roi_align: bool = True
-    encoder_shallow_cnn_channels: int = 32
-    encoder_roi_align_output_h: int = 4
-    encoder_roi_align_output_w: int = 4
-    encoder_pixel_patch_size: int = 8
-    encoder_initial_tangent_dim: int = 128
-    encoder_channels: int = 64  # width of the spatial feature path
+    encoder_use_roi_align: bool = opt(
+        False, "the regions are read by RoIAlign from a shallow CNN's full-resolution features; false: resized pixel "
+        "patches")
+    encoder_shallow_cnn_channels: int = opt(
+        64, "channels of the encoder's full-resolution CNN (RoIAlign and the spatial path read it)", "> 0")
+    encoder_roi_align_output_h: int = opt(4, "RoIAlign output height per region, in feature cells", "> 0")
+    encoder_roi_align_output_w: int = opt(4, "RoIAlign output width per region, in feature cells", "> 0")
+    encoder_pixel_patch_size: int = opt(8, "side of a region's pixel patch without RoIAlign, in pixels", "> 0")
+    encoder_initial_tangent_dim: int = opt(
+        128, "width of the region embeddings entering WuBu-S (and of the motion embeddings entering WuBu-M)", "> 0")
+    encoder_channels: int = opt(256, "channels of the encoder's spatial path at the latent resolution", "> 0")
     # reconstruct task: the spatial CNN sees only the frames the latent stands for (the context frames still reach the
     # latent through the GAAD/WuBu-T path); False runs it on every encoder frame
-    encoder_targets_only: bool = False
-    encoder_res_blocks: int = 0  # residual 3-D conv blocks at the latent resolution, encoder side
+    encoder_targets_only: bool = opt(
+        True, "reconstruct task, spatial latent: the spatial CNN sees only the frames the latent stands for (the "
+        "context still reaches it through GAAD/WuBu-T); false: every encoder frame")
+    encoder_res_blocks: int = opt(1, "residual 3-D conv blocks at the latent resolution, encoder side", ">= 0")
     # how the WuBu-T region codes join the spatial latent: painted and added, painted through a learned per-channel
     # gate that starts small (the codes then help where they help), or not at all (no WuBu-S/T in the encoder)
-    region_codes: Literal["add", "gated", "none"] = "add"
+    region_codes: Literal["add", "gated", "none"] = opt(
+        "gated", "how the WuBu-T region codes join a spatial latent: add (painted onto the grid and added), gated "
+        "(through a learned per-channel gate that starts small) or none (no WuBu-S/T in the encoder)")
     # WuBu
     wubu_s: WuBuStackConfig = field(default_factory=lambda: WuBuStackConfig(2, [64, 32], [1.0, 0.8]))
     wubu_t: WuBuStackConfig = field(default_factory=lambda: WuBuStackConfig(1, [128], [0.5]))
     wubu_m: WuBuStackConfig = field(default_factory=lambda: WuBuStackConfig(1, [32], [0.7]))
-    wubu_dropout: float = 0.1
-    wubu_boundary_points: int = 4
-    wubu_combiner_hidden_ratio: float = 1.0  # combiner hidden width = ratio * level dim (no fixed 32-wide bottleneck)
-    wubu_euclidean: bool = False  # ablation: every hyperbolic map becomes the identity (same sizes)
+    wubu_dropout: float = opt(0.1, "dropout in the WuBu levels' tangent combiners", "[0, 1)", group="wubu")
+    wubu_boundary_points: int = opt(
+        4, "learned boundary points per WuBu level (anchors of its relative vectors)", "> 0", group="wubu")
+    wubu_combiner_hidden_ratio: float = opt(
+        1.0, "hidden width of a level's tangent combiner, as a multiple of the level's dimension (the original had a "
+        "fixed 32)", "> 0", group="wubu")
+    wubu_euclidean: bool = opt(
+        False, "ablation: every hyperbolic map becomes the identity (flat geometry, same sizes)", group="wubu")
     # motion branch
-    use_wubu_motion_branch: bool = False
-    gaad_motion_num_regions: int = 8
-    gaad_motion_decomposition_type: Literal["spiral", "subdivide", "hybrid"] = "hybrid"
-    optical_flow_net_type: Literal["raft_small", "raft_large", "dis"] = "raft_small"
-    flow_weights: str | None = None
-    freeze_flow_net: bool = True
-    flow_stats_components: list[str] = field(default_factory=lambda: ["mag_mean", "angle_mean"])
+    use_wubu_motion_branch: bool = opt(
+        False, "the motion branch: optical flow between consecutive frames, per-region flow statistics, WuBu-M, joined "
+        "with WuBu-T", common=True)
+    gaad_motion_num_regions: int = opt(8, "GAAD regions per flow field in the motion branch", "> 0")
+    gaad_motion_decomposition_type: Literal["spiral", "subdivide", "hybrid"] = opt(
+        "hybrid", "layout of the motion regions, as --gaad_decomposition_type")
+    optical_flow_net_type: Literal["raft_small", "raft_large", "dis"] = opt(
+        "raft_small", "flow network: raft_small or raft_large (torchvision RAFT; weights from --flow_weights or the "
+        "torch hub cache) or dis (OpenCV DIS: no weights, not differentiable)", common=True)
+    flow_weights: str | None = opt(None, "RAFT weights file; none: the torch hub cache", metavar="PATH")
+    freeze_flow_net: bool = opt(
+        True, "keep the flow network fixed in eval mode (each clip's flow is then computed once and cached); false: "
+        "train it with the model")
+    flow_stats_components: list[str] = opt(
+        ["mag_mean", "angle_mean"], "per-region flow statistics fed to WuBu-M, any of: mag_mean, angle_mean, mag_std, "
+        "angle_std", metavar="STAT")
     # generator
-    gen_base_channels: int = 64
-    gen_temporal_kernel_size: int = 3
-    gen_final_conv_kernel_spatial: int = 3
-    gen_res_blocks: int = 0  # residual 3-D conv blocks at the latent resolution, generator side
-    gen_region_film: bool = True  # GAAD-region FiLM on every generator stage
+    gen_base_channels: int = opt(
+        64, "generator channels at full resolution, doubled per stage towards the latent (at most 512)", "> 0")
+    gen_temporal_kernel_size: int = opt(
+        3, "temporal kernel of the generator's latent-resolution and output convs, in frames (odd)", "> 0")
+    gen_final_conv_kernel_spatial: int = opt(3, "spatial kernel of the generator's output conv, in pixels", "> 0")
+    gen_res_blocks: int = opt(1, "residual 3-D conv blocks at the latent resolution, generator side", ">= 0")
+    gen_region_film: bool = opt(
+        True, "GAAD-region FiLM (modulation from the rasterised region map) on every generator stage")
     # discriminator
-    discriminator_type: Literal["spatio_temporal_cnn", "regional_cnn"] = "spatio_temporal_cnn"
-    disc_apply_spectral_norm: bool = True
-    disc_base_disc_channels: int = 64
-    disc_max_disc_channels: int = 512
-    disc_temporal_kernel_size: int = 3
-    disc_min_hidden_fc_dim: int = 128
-    disc_max_hidden_fc_dim: int = 512
-    disc_use_gaad_film_condition: bool = False
-    disc_gaad_condition_dim_disc: int = 64
-    disc_patch_size: int = 16
-    disc_cnn_channels_2d: list[int] = field(default_factory=lambda: [64, 128, 256])
+    discriminator_type: Literal["spatio_temporal_cnn", "regional_cnn"] = opt(
+        "spatio_temporal_cnn", "spatio_temporal_cnn: 3-D convs over the clip; regional_cnn: a 2-D CNN over each GAAD "
+        "region's crop", group="disc", common=True)
+    disc_apply_spectral_norm: bool = opt(
+        True, "spectral normalisation of the discriminator's convs and linear layers (the guide: keep it on)",
+        group="disc", guide="DISC_APPLY_SPECTRAL_NORM", common=True)
+    disc_base_disc_channels: int = opt(
+        64, "channels of the first 3-D conv block, doubled per block up to --disc_max_disc_channels",
+        "> 0", group="disc")
+    disc_max_disc_channels: int = opt(512, "channel cap of the 3-D conv blocks", "> 0", group="disc")
+    disc_temporal_kernel_size: int = opt(
+        3, "temporal kernel of the 3-D conv blocks, in frames (odd)", "> 0", group="disc")
+    disc_min_hidden_fc_dim: int = opt(
+        128, "smallest hidden width of the logit head (at most 1.5x this many features: a single Linear)",
+        "> 0", group="disc")
+    disc_max_hidden_fc_dim: int = opt(512, "largest hidden width of the logit head", "> 0", group="disc")
+    disc_use_gaad_film_condition: bool = opt(
+        False, "GAAD-region FiLM in the discriminator, every block modulated by the region map (the guide's phase 3: "
+        "start without it)", group="disc", guide="DISC_USE_GAAD_FILM_CONDITION", common=True)
+    disc_gaad_condition_dim_disc: int = opt(
+        64, "hidden width of the discriminator's FiLM conditioning", "> 0", group="disc")
+    disc_patch_size: int = opt(16, "regional_cnn: side of each region's crop, in pixels", "> 0", group="disc")
+    disc_cnn_channels_2d: list[int] = opt(
+        [64, 128, 256], "regional_cnn: channels of each 2-D conv layer", "> 0", group="disc")
     # spatio-temporal D: a map of patch logits (PatchGAN: every patch judged, as taming's) instead of one per clip
-    disc_patch_logits: bool = False
+    disc_patch_logits: bool = opt(
+        True, "spatio_temporal_cnn: a map of logits, one per space-time patch (PatchGAN, at most 3 blocks), instead of "
+        "one per clip", group="disc")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 100
-    max_steps: int = 0  # > 0: train this many optimizer steps (overrides --epochs)
+    epochs: int = opt(
+        100, "passes over the training windows, counted for this run (a phase started with --load_checkpoint trains "
+        "this many)", ">= 0", guide="EPOCHS", common=True)
+    max_steps: int = opt(0, "> 0: train this many optimizer steps, whatever --epochs says; 0: off", ">= 0", common=True)
     # > 0: stop after this many seconds since the run started (set-up included), then validate, sample and report as
     # at the last step
-    max_seconds: float = 0.0
-    batch_size: int = 4
-    seed: int = 42
-    device: str = "auto"  # auto: cuda if available, else cpu
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    use_amp: bool = False  # the original's flag: fp16 autocast with a GradScaler (same as --precision fp16)
-    compile: bool = False
-    # torch.compile of the WuBu stacks alone (the many small hyperbolic ops fused into few kernels; compiles in
-    # seconds, where the whole players take minutes); inductor's caches live under --cache_dir, so a repeat run starts
-    # without recompiling
-    compile_wubu: bool = False
+    max_seconds: float = opt(
+        0.0, "> 0: stop this many seconds after the run started (set-up included), then validate, sample and report as "
+        "at the last step; 0: off", ">= 0")
+    batch_size: int = opt(4, "clips per micro-batch in each process (per GPU under torchrun)", "> 0", common=True)
+    seed: int = opt(42, "seed of the initial weights, the data split, augmentation and sampling", common=True)
+    device: str = opt(
+        "auto", "auto (cuda when available, else cpu), cpu, cuda or cuda:N",
+        group="speed", common=True, metavar="DEVICE")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = opt(
+        "auto", "autocast precision: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 (with a gradient scaler) or fp32",
+        group="speed", common=True)
+    use_amp: bool = opt(
+        False, "the original's flag: fp16 autocast with a gradient scaler (the same as --precision fp16)",
+        group="speed")
+    compile: bool = opt(
+        False, "torch.compile both networks (minutes of compilation at the start, then faster steps)",
+        group="speed", common=True)
+    # on CUDA, torch.compile of the WuBu stacks alone (the many small hyperbolic ops fused into few kernels: 31.7 ->
+    # 48.2 steps/s for 18 s more set-up at 64x64 on an H200, docs/results.md; the whole players take minutes);
+    # inductor's caches live under --cache_dir, so a repeat run starts without recompiling
+    compile_wubu: bool = opt(
+        True, "on CUDA, torch.compile the WuBu stacks alone (seconds of compilation; ignored with --compile)",
+        group="speed")
     # torch.compile mode: max-autotune-no-cudagraphs lets inductor time its own Triton convolution/matmul kernels against
     # cuDNN/cuBLAS per shape (much longer compilation); our CUDA graphs replace torch's, hence no reduce-overhead
-    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = opt(
+        "default", "torch.compile mode: default, or max-autotune-no-cudagraphs (inductor times its own kernels per "
+        "shape: much longer compilation)", group="speed")
     # capture the step's forward+backward in a CUDA graph after 3 eager steps (one CUDA process, no accumulation;
     # elsewhere the step runs eagerly): the host then launches one graph instead of thousands of small kernels
-    cuda_graphs: bool = True
+    cuda_graphs: bool = opt(
+        True, "replay the training step as a CUDA graph after 3 eager steps (one CUDA process, --grad_accum_steps 1; "
+        "elsewhere eager)", group="speed")
     # recompute the full-resolution activations in the backward pass instead of keeping them (the encoder's per-frame
     # CNN, the generator's last stage): about 7% more FLOPs, half the activation memory; the math is unchanged
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = opt(
+        False, "recompute full-resolution activations in the backward pass: about 7% more FLOPs, half the activation "
+        "memory, the same math", group="speed")
     # frames channels-last on CUDA (and, when compiled, the conv weights too: no cuDNN layout conversions)
-    channels_last: bool = True
+    channels_last: bool = opt(True, "channels-last frames on CUDA (and conv weights when compiled)", group="speed")
     # in fp32 on CUDA, the generator's output conv (3 output channels, where cuDNN is slow) runs as a 1x1 conv and a
     # shifted sum over its kernel taps: the same function, 4.1 -> 2.3 ms forward + backward on an H100 (models/tapconv.py);
     # bf16 keeps cuDNN's kernel, faster there
-    tap_convs: bool = True
-    grad_accum_steps: int = 1
+    tap_convs: bool = opt(
+        True, "fp32 on CUDA: the generator's 3-channel output conv as a 1x1 conv and a shifted sum (the same function, "
+        "faster than cuDNN there)", group="speed")
+    grad_accum_steps: int = opt(1, "micro-batches accumulated per optimizer step", "> 0")
     # losses
-    lambda_recon: float = 10.0
-    lambda_kl: float = 1e-4
-    lambda_gan: float = 1.0
-    gan_loss: Literal["bce", "hinge", "lsgan"] = "bce"
-    gan_start_step: int = 0  # adversarial term for G from this step on (D trains from the start)
+    lambda_recon: float = opt(
+        10.0, "weight of the reconstruction loss (pixel MSE)", ">= 0", guide="LAMBDA_RECON", common=True)
+    lambda_kl: float = opt(
+        1e-4, "weight of the KL divergence to the N(0, I) prior (the guide starts at 0.0001 and raises it 10x per "
+        "phase)", ">= 0", guide="LAMBDA_KL", common=True)
+    lambda_gan: float = opt(1.0, "weight of the generator's adversarial loss", ">= 0", guide="LAMBDA_GAN", common=True)
+    gan_loss: Literal["bce", "hinge", "lsgan"] = opt("bce", "adversarial loss: bce (the original's), hinge or lsgan")
+    gan_start_step: int = opt(
+        0, "optimizer step from which the generator gets the adversarial term (the discriminator trains from the "
+        "start)", ">= 0")
     # fixed: G's adversarial term weighs lambda_gan (the guide's); adaptive: lambda_gan times the ratio of the
     # reconstruction and adversarial gradient norms at the generator's output (taming's adaptive weight), clamped
-    gan_weighting: Literal["fixed", "adaptive"] = "fixed"
-    adaptive_weight_max: float = 1e4
+    gan_weighting: Literal["fixed", "adaptive"] = opt(
+        "adaptive", "fixed: the adversarial term weighs --lambda_gan; adaptive: --lambda_gan times the ratio of the "
+        "reconstruction and adversarial gradient norms at the generator's output (taming's), clamped to "
+        "--adaptive_weight_max")
+    adaptive_weight_max: float = opt(1e4, "upper clamp of the adaptive adversarial weight", "> 0")
     # optimizers
-    optimizer: Literal["riemannian_adam", "riemannian_sgd"] = "riemannian_adam"
-    learning_rate_gen: float = 3e-4
-    learning_rate_disc: float = 1e-4
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    risgd_max_grad_norm: float = 1.0
-    global_max_grad_norm: float = 5.0
+    optimizer: Literal["riemannian_adam", "riemannian_sgd"] = opt(
+        "riemannian_adam", "riemannian_adam, or riemannian_sgd (the original's RiSGD, with per-tensor gradient "
+        "clipping); both keep WuBu's ball parameters on the ball")
+    learning_rate_gen: float = opt(
+        3e-4, "base learning rate of the encoder and generator (the Q-controller scales it)",
+        "> 0", guide="LEARNING_RATE_GEN", common=True)
+    learning_rate_disc: float = opt(
+        1e-4, "base learning rate of the discriminator (the Q-controller scales it)",
+        "> 0", guide="LEARNING_RATE_DISC", common=True)
+    momentum: float = opt(0.9, "riemannian_sgd momentum (the Q-controller scales it)", "[0, 1)")
+    weight_decay: float = opt(0.0, "weight decay of both optimizers", ">= 0")
+    adam_betas: list[float] = opt([0.9, 0.99], "riemannian_adam's beta1 and beta2", "[0, 1)")
+    risgd_max_grad_norm: float = opt(
+        1.0, "riemannian_sgd: clip each parameter tensor's gradient to this norm (<= 0: off)")
+    global_max_grad_norm: float = opt(
+        5.0, "clip each network's total gradient norm to this (<= 0: off; the guide: 1.0-5.0 against exploding losses)",
+        guide="GLOBAL_MAX_GRAD_NORM", common=True)
     # Q-control
-    q_controller_enabled: bool = False
-    q_control_interval: int = 10  # optimizer steps between LR/momentum decisions (losses are read from the device then)
-    lambda_kl_update_interval: int = 0  # optimizer steps between lambda_kl decisions (0: off)
-    min_lambda_kl_q_control: float = 1e-6
-    max_lambda_kl_q_control: float = 0.5
-    lambda_kl_band: float = 4.0  # lambda_kl stays within [phase value / band, phase value * band]
+    q_controller_enabled: bool = opt(
+        False, "Q-learning controllers that scale each optimizer's learning rate and momentum from recent losses (and "
+        "lambda_kl, with --lambda_kl_update_interval)", group="qcontrol", guide="Q_CONTROLLER_ENABLED", common=True)
+    # optimizer steps between LR/momentum decisions (losses are read from the device then)
+    q_control_interval: int = opt(
+        10, "optimizer steps between learning-rate and momentum decisions", "> 0", group="qcontrol")
+    lambda_kl_update_interval: int = opt(
+        0, "> 0: optimizer steps between lambda_kl decisions (each on a new validation result); 0: lambda_kl stays as "
+        "given", ">= 0", group="qcontrol", common=True)
+    min_lambda_kl_q_control: float = opt(1e-6, "lowest lambda_kl the controller may choose", ">= 0", group="qcontrol")
+    max_lambda_kl_q_control: float = opt(0.5, "highest lambda_kl the controller may choose", ">= 0", group="qcontrol")
+    lambda_kl_band: float = opt(
+        4.0, "the controlled lambda_kl stays within [phase value / band, phase value * band]", ">= 1", group="qcontrol")
     # reliability
-    max_consecutive_nonfinite: int = 20
-    detect_anomaly: bool = False
+    max_consecutive_nonfinite: int = opt(
+        20, "non-finite steps in a row after which the run rolls back to its last checkpoint with halved learning "
+        "rates (a second time stops it)", "> 0")
+    detect_anomaly: bool = opt(
+        False, "autograd anomaly detection: names the operation that made a NaN (very slow; for one diagnostic run)",
+        common=True)
     # checkpoints
-    checkpoint_dir: str = "runs/latest"
-    load_checkpoint: str | None = None
-    load_strict: bool = False
-    resume: str | None = None
-    resume_fallback: bool = False  # --resume: a corrupt last checkpoint falls back to the previous good one (with a note)
-    save_interval: int = 1000
-    save_every_minutes: float = 5.0  # > 0: also save when this many minutes passed since the last save (0: off)
-    keep_last_checkpoints: int = 3
+    checkpoint_dir: str = opt(
+        "runs/latest", "the run directory: checkpoints, metrics, samples and the summary",
+        group="checkpoints", guide="CHECKPOINT_OUTPUT_DIR", common=True, metavar="DIR")
+    load_checkpoint: str | None = opt(
+        None, "start a new phase from a run directory (its best checkpoint), a checkpoint directory or a pointer file: "
+        "the weights load, this run's options win",
+        group="checkpoints", guide="LOAD_CHECKPOINT", common=True, metavar="PATH")
+    load_strict: bool = opt(
+        False, "--load_checkpoint: every tensor must match or nothing loads; false: the matching tensors load and the "
+        "rest are listed", group="checkpoints")
+    resume: str | None = opt(
+        None, "continue an interrupted run exactly (weights, optimizers, controllers, step, data position) from its "
+        "run directory", group="checkpoints", common=True, metavar="PATH")
+    resume_fallback: bool = opt(
+        False, "--resume: a corrupt last checkpoint falls back to the previous good one (with a note)",
+        group="checkpoints")
+    save_interval: int = opt(
+        1000, "> 0: also keep a checkpoint every this many optimizer steps; 0: off",
+        ">= 0", group="checkpoints", common=True)
+    save_every_minutes: float = opt(
+        5.0, "> 0: also save when this many minutes passed since the last save; 0: off", ">= 0", group="checkpoints")
+    keep_last_checkpoints: int = opt(
+        3, "step checkpoints kept, the oldest removed first (0: all; the best and the newest are never removed)",
+        ">= 0", group="checkpoints")
     # validation
-    val_interval: int = 0  # optimizer steps between validations (0: once per epoch)
-    val_max_batches: int = 0  # 0: the whole validation set
-    val_primary_metric: Literal["avg_val_recon_mse", "avg_val_psnr", "avg_val_ssim", "avg_val_lpips"] = "avg_val_psnr"
-    use_lpips_for_verification: bool = False
-    lpips_weights: str | None = None
-    ema_decay: float = 0.0  # > 0: keep an EMA of the generator's weights for validation and sampling
-    ema_warmup: bool = True  # the EMA's decay ramps up as (1 + n) / (10 + n) over its first updates
+    val_interval: int = opt(
+        0, "optimizer steps between validations (0: once per epoch)", ">= 0", group="checkpoints", common=True)
+    val_max_batches: int = opt(0, "batches per validation (0: the whole validation set)", ">= 0", group="checkpoints")
+    val_primary_metric: Literal["avg_val_recon_mse", "avg_val_psnr", "avg_val_ssim", "avg_val_lpips"] = opt(
+        "avg_val_psnr", "the validation metric that picks the best checkpoint and rewards the lambda_kl controller "
+        "(lower is better for MSE and LPIPS)", group="checkpoints", common=True)
+    use_lpips_for_verification: bool = opt(
+        False, "also compute LPIPS (AlexNet) in validation; needs its weights (--lpips_weights or the torch hub cache)",
+        group="checkpoints", common=True)
+    lpips_weights: str | None = opt(
+        None, "AlexNet weights file for LPIPS; none: the torch hub cache", group="checkpoints", metavar="PATH")
+    ema_decay: float = opt(
+        0.0, "> 0: keep an exponential moving average of the generator's weights for validation and sampling; 0: off",
+        "[0, 1)", group="checkpoints")
+    ema_warmup: bool = opt(
+        True, "the EMA's decay ramps up as (1 + n) / (10 + n) over its first updates", group="checkpoints")
 
 
 @dataclass
 class LogConfig:
-    log_interval: int = 50
-    wandb: bool = False
-    wandb_project: str = "WuBuGAADHybridGenV01"
-    wandb_run_name: str | None = None
-    wandb_mode: Literal["online", "offline"] = "offline"
-    tensorboard: bool = False
-    wandb_log_train_recon_interval: int = 0
-    wandb_log_fixed_noise_samples_interval: int = 0
-    num_val_samples_to_log: int = 2
-    demo_num_samples: int = 4
-    log_grad_norm: bool = False
-    progress: bool = True
-    local_rank: int = -1  # accepted for old launchers; torchrun's environment is what counts
+    log_interval: int = opt(50, "optimizer steps between logged scalars (console and trackers)", "> 0", common=True)
+    wandb: bool = opt(False, "log to Weights & Biases (the [wandb] extra)", guide="WANDB_ENABLED", common=True)
+    wandb_project: str = opt("WuBuGAADHybridGenV01", "W&B project", common=True, metavar="NAME")
+    wandb_run_name: str | None = opt(None, "W&B run name; none: W&B's own", metavar="NAME")
+    wandb_mode: Literal["online", "offline"] = opt("offline", "online, or offline (upload later with `wandb sync`)")
+    tensorboard: bool = opt(False, "also write TensorBoard event files into the run directory", common=True)
+    wandb_log_train_recon_interval: int = opt(
+        0, "> 0: log training reconstructions (samples/train_recon) every this many steps, to every tracker; 0: off",
+        ">= 0")
+    wandb_log_fixed_noise_samples_interval: int = opt(
+        0, "> 0: log fixed-noise samples (samples/fixed_noise_generated) every this many steps, to every tracker; 0: "
+        "off", ">= 0")
+    num_val_samples_to_log: int = opt(
+        2, "clips per logged sample grid (validation reconstructions, fixed-noise samples)", ">= 0")
+    demo_num_samples: int = opt(4, "samples written at the end of training", ">= 0")
+    log_grad_norm: bool = opt(
+        False, "also log each network's gradient norm (train/grad_norm_gen, train/grad_norm_disc)")
+    progress: bool = opt(True, "progress bars (training, decoding, flow)")
+    local_rank: int = opt(-1, "accepted from old launchers and ignored: torchrun's environment gives the rank", ">= -1")
 
 
 @dataclass(frozen=True)
@@ -278,6 +526,60 @@ STACKS = {"wubu_s": "wubu_s_", "wubu_t": "wubu_t_", "wubu_m": "wubu_m_"}
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Options: the fields as the user sees them (flag, TOML key, documentation)
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Option:
+    name: str  # the flag without `--`, and the flat TOML key
+    path: tuple[str, ...]  # attribute path in Config: ("train", "lambda_kl"), ("model", "wubu_s", "num_levels")
+    type: Any  # the annotated type
+    default: Any  # a list default as a tuple (shared by every caller)
+    help: str
+    group: str
+    range: Range | None
+    guide: str | None  # the training guide's launcher variable
+    common: bool  # shown by plain --help
+    metavar: str | None
+
+    @property
+    def toml_key(self) -> str:
+        """The sectioned TOML key: `train.lambda_kl` ([train] lambda_kl = ...), `model.wubu_s.num_levels`."""
+        return ".".join(self.path)
+
+
+@functools.lru_cache(maxsize=None)
+def options() -> tuple[Option, ...]:
+    """Every option in schema order: the sections, a stack's fields where the stack is."""
+    out: list[Option] = []
+    defaults = Config()
+    for section in SECTIONS:
+        sec = getattr(defaults, section)
+        hints = get_type_hints(type(sec))
+        for f in fields(sec):
+            value = getattr(sec, f.name)
+            if is_dataclass(value):
+                sub_hints = get_type_hints(type(value))
+                for sf in fields(value):
+                    out.append(_option(STACKS[f.name] + sf.name, (section, f.name, sf.name), sub_hints[sf.name],
+                                       getattr(value, sf.name), sf.metadata, "wubu", STACK_NAMES[f.name]))
+            else:
+                out.append(_option(f.name, (section, f.name), hints[f.name], value, f.metadata, section))
+    names = [o.name for o in out]
+    assert len(set(names)) == len(names), "two options share a flag name"
+    return tuple(out)
+
+
+def _option(name: str, path: tuple[str, ...], tp: Any, default: Any, meta: Any, group: str,
+            stack: str | None = None) -> Option:
+    if "help" not in meta:
+        raise TypeError(f"config field {'.'.join(path)} has no description: declare it with opt(default, help, ...)")
+    help_text = meta["help"].format(stack=stack) if stack else meta["help"]
+    return Option(name, path, tp, tuple(default) if isinstance(default, list) else default, help_text,
+                  meta["group"] or group, parse_range(meta["range"]) if meta["range"] else None, meta["guide"],
+                  meta["common"], meta["metavar"])
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Validation: every check is a one-line message naming the option
 # --------------------------------------------------------------------------------------------------------------------
 def _stack_fixup(name: str, st: WuBuStackConfig) -> None:
@@ -292,39 +594,41 @@ def _stack_fixup(name: str, st: WuBuStackConfig) -> None:
             setattr(st, attr, lst * n)  # a single value is broadcast, as in the original
         elif len(lst) != n:
             raise ConfigError(f"--{name}_{attr} has {len(lst)} values but --{name}_num_levels is {n}")
-    if any(d <= 0 for d in st.hyperbolic_dims[:n]):
-        raise ConfigError(f"--{name}_hyperbolic_dims must be positive")
     if any(c <= 0 for c in st.initial_curvatures[:n]):
         raise ConfigError(f"--{name}_initial_curvatures must be positive (use --wubu_euclidean for the flat ablation)")
-    if st.output_dim is not None and st.output_dim <= 0:
-        raise ConfigError(f"--{name}_output_dim must be positive")
+
+
+def _number(v: float) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def check_ranges(cfg: Config) -> None:
+    """Every number finite and in its option's range (each element of a list), from the schema's metadata."""
+    for o in options():
+        obj: Any = cfg
+        for p in o.path:
+            obj = getattr(obj, p)
+        is_list = isinstance(obj, list)
+        for v in obj if is_list else [obj]:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            what = f"--{o.name} values" if is_list else f"--{o.name}"
+            if not math.isfinite(v):
+                raise ConfigError(f"{what} must be finite numbers, not {v}" if is_list else
+                                  f"{what} must be a finite number, not {v}")
+            if o.range is not None and v not in o.range:
+                raise ConfigError(f"{what} must be {o.range.phrase}, not {_number(v)}")
 
 
 def validate(cfg: Config) -> None:
-    d, m, t, lg = cfg.data, cfg.model, cfg.train, cfg.log
-    positive = {
-        "image_h": d.image_h, "image_w": d.image_w, "num_channels": d.num_channels, "num_input_frames": d.num_input_frames,
-        "num_predict_frames": d.num_predict_frames, "frame_skip": d.frame_skip, "window_stride": d.window_stride,
-        "batch_size": t.batch_size, "grad_accum_steps": t.grad_accum_steps, "latent_dim": m.latent_dim,
-        "latent_channels": m.latent_channels, "latent_downsample": m.latent_downsample, "gaad_num_regions": m.gaad_num_regions,
-        "encoder_initial_tangent_dim": m.encoder_initial_tangent_dim, "encoder_channels": m.encoder_channels,
-        "gen_base_channels": m.gen_base_channels, "disc_base_disc_channels": m.disc_base_disc_channels,
-        "log_interval": lg.log_interval, "wubu_boundary_points": m.wubu_boundary_points,
-    }
-    for k, v in positive.items():
-        if v <= 0:
-            raise ConfigError(f"--{k} must be positive, not {v}")
-    if d.num_channels not in (1, 3):
-        raise ConfigError(f"--num_channels must be 1 or 3, not {d.num_channels}")
+    """The stacks' list lengths (broadcasting single values), then every option's range, then the combinations."""
+    m, t = cfg.model, cfg.train
+    for name in STACKS:
+        _stack_fixup(name, getattr(m, name))
+    check_ranges(cfg)
     ds = m.latent_downsample
     if ds & (ds - 1):
         raise ConfigError(f"--latent_downsample must be a power of two, not {ds}")
-    if min(d.image_h, d.image_w) < 8:
-        raise ConfigError(f"--image_h and --image_w must be at least 8, not {d.image_h}x{d.image_w}")
-    if not 0.0 <= d.validation_split_fraction < 1.0:
-        raise ConfigError("--validation_split_fraction must be in [0, 1)")
-    for name in STACKS:
-        _stack_fixup(name, getattr(m, name))
     bad = [c for c in m.flow_stats_components if c not in FLOW_STATS]
     if bad or not m.flow_stats_components:
         raise ConfigError(f"--flow_stats_components must be among {', '.join(FLOW_STATS)}")
@@ -335,21 +639,11 @@ def validate(cfg: Config) -> None:
     if m.use_wubu_motion_branch and m.optical_flow_net_type == "dis" and not m.freeze_flow_net:
         raise ConfigError("--optical_flow_net_type dis is not differentiable: use --freeze_flow_net (the default) "
                           "or a RAFT net to train the flow")
-    if m.gaad_min_size_px < 1:
-        raise ConfigError("--gaad_min_size_px must be >= 1")
-    if not 0.0 <= m.wubu_dropout < 1.0:
-        raise ConfigError("--wubu_dropout must be in [0, 1)")
     if m.gen_temporal_kernel_size % 2 == 0 or m.disc_temporal_kernel_size % 2 == 0:
         raise ConfigError("temporal kernel sizes must be odd so the time axis keeps its length")
-    if len(t.adam_betas) != 2 or not all(0 <= b < 1 for b in t.adam_betas):
+    if len(t.adam_betas) != 2:
         raise ConfigError("--adam_betas takes two values in [0, 1)")
-    if t.lambda_kl < 0 or t.lambda_recon < 0 or t.lambda_gan < 0:
-        raise ConfigError("loss weights must be >= 0")
-    if t.learning_rate_gen <= 0 or t.learning_rate_disc <= 0:
-        raise ConfigError("learning rates must be positive")
     if t.min_lambda_kl_q_control > t.max_lambda_kl_q_control:
         raise ConfigError("--min_lambda_kl_q_control must not exceed --max_lambda_kl_q_control")
-    if t.lambda_kl_band < 1.0:
-        raise ConfigError("--lambda_kl_band must be >= 1")
     if t.resume and t.load_checkpoint:
         raise ConfigError("--resume continues a run; --load_checkpoint starts a new phase: give one of them")

@@ -3,7 +3,7 @@
 The trainer uses:
     bundle = build_datasets(cfg, rank, world_size)         # bundle.train, bundle.val (or None), bundle.info
     loader = make_loader(bundle.train, cfg, train=True, rank=rank, world_size=world_size, epoch=e, start_batch=k)
-    x = to_model_range(batch.to(device, non_blocking=True))  # uint8 (B, T, C, H, W) -> float [-1, 1]
+    x = to_model_range(batch.frames.to(device, non_blocking=True))  # ClipBatch: uint8 (B, T, C, H, W) -> [-1, 1]
 Media code uses write_video / write_gif / to_uint8 (defined in `wubugen.media`, re-exported here so old imports keep
 working), and `wubugen sample --context` uses read_clip.
 

@@ -1,9 +1,9 @@
-"""The typed batch every loader yields, with one move to the device."""
+"""The typed batch every loader yields. The step moves each of its tensors to the device once (StepRunner.prepare and
+prepare_flow) and normalises the frames there."""
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 from torch import Tensor
 
 
@@ -13,13 +13,3 @@ class ClipBatch(NamedTuple):
 
     frames: Tensor
     flow: Tensor | None = None
-
-    def to(self, device: torch.device | str, non_blocking: bool = True) -> ClipBatch:
-        """Both tensors on `device` (asynchronously from pinned memory): normalisation happens there."""
-        flow = None if self.flow is None else self.flow.to(device, non_blocking=non_blocking)
-        return ClipBatch(self.frames.to(device, non_blocking=non_blocking), flow)
-
-    def __getitem__(self, key):  # a slice of clips keeps both tensors; an int still picks a field (NamedTuple)
-        if isinstance(key, slice):
-            return ClipBatch(self.frames[key], None if self.flow is None else self.flow[key])
-        return tuple.__getitem__(self, key)

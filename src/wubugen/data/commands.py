@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from wubugen.config import add_config_arguments, config_from_args
+from wubugen.config import HelpFormatter, add_config_arguments, config_from_args
 from wubugen.data import moving_mnist
 from wubugen.data.pipeline import DataInfo, build_datasets
 from wubugen.data.synthetic import write_demo
@@ -14,7 +14,9 @@ from wubugen.errors import UserError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="inspect footage; make demo or Moving-MNIST data",
-                                 description="Inspect footage and make synthetic data.")
+                                 description="Inspect footage and make synthetic data.", formatter_class=HelpFormatter,
+                                 epilog="examples:\n  wubugen data inspect footage/\n"
+                                        "  wubugen data cache --prune_days 30")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data.set_defaults(func=lambda args: _usage(data))
 
@@ -22,10 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "inspect", help="list the footage found, its windows and split, and every file that cannot be used",
         description="Decode (into the cache) and describe the footage at PATH with the given data options: files, "
                     "frames, resolution, fps, codec, windows, split sizes, and each unusable file with the reason.",
+        epilog="examples:\n  wubugen data inspect footage/ --image_h 256 --image_w 256 --num_input_frames 10 "
+               "--num_predict_frames 3\n  wubugen data inspect clips.txt --validation_split_fraction 0.2 --json",
     )
     ins.add_argument("path", metavar="PATH", help="video file, folder (searched recursively), frame folder, or list")
-    ins.add_argument("--seed", dest="opt__seed", default=None, metavar="SEED",
-                     help="split seed (the training seed; default 42)")
+    ins.add_argument("--seed", dest="opt__seed", default=None, metavar="N",
+                     help="split seed: the training seed, --seed of `wubugen train` (default 42)")
     ins.add_argument("--json", action="store_true", help="print the full report as JSON")
     add_config_arguments(ins, only=("data",))
     ins.set_defaults(func=_inspect)
@@ -35,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Render the synthetic footage that `wubugen train` uses when no --video_data_path is given: "
                     "--demo_num_clips clips of --demo_clip_frames frames at --image_h x --image_w, as folders of "
                     "numbered PNG frames (lossless: the same bytes on every machine).",
+        epilog="example:\n  wubugen data demo demo_data/ --demo_num_clips 16 --image_h 128 --image_w 128",
     )
     demo.add_argument("out", metavar="OUT", help="folder to create (must be empty or new)")
     add_config_arguments(demo, only=("data",))
@@ -44,10 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "cache", help="show what the frame and flow cache holds; remove entries unused for N days, or all",
         description="The cache keeps one entry per source and frame format (and per flow backend); entries for settings "
                     "no longer used stay until removed here. Without options: a summary, nothing removed.",
+        formatter_class=HelpFormatter,
+        epilog="examples:\n  wubugen data cache\n  wubugen data cache --prune_days 30 --dry_run\n"
+               "  wubugen data cache --cache_dir /scratch/cache --clear",
     )
     cache.add_argument("--cache_dir", default=None, metavar="DIR", help="the cache folder (default: the config's, .wubugen_cache)")
-    cache.add_argument("--prune_days", type=float, default=None, metavar="N",
-                       help="remove entries not used for N days (and leftover temporary files older than a day)")
+    cache.add_argument("--prune_days", type=float, default=None, metavar="DAYS",
+                       help="remove entries not used for DAYS days (and leftover temporary files older than a day)")
     cache.add_argument("--clear", action="store_true", help="remove every entry")
     cache.add_argument("--dry_run", action="store_true", help="say what would be removed, remove nothing")
     cache.set_defaults(func=_cache)
@@ -56,12 +64,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "moving-mnist", help="make a Moving-MNIST array (standard protocol) from a digits .npy",
         description="Standard Moving MNIST: 64x64, two 28x28 digits bouncing at 3.6 px per frame, max compositing. "
                     "Writes uint8 (N, T, 64, 64) to OUT.npy, usable directly as --video_data_path.",
+        formatter_class=HelpFormatter,
+        epilog="example:\n  wubugen data moving-mnist mmnist.npy --digits mnist_train_images.npy --num_sequences 2000\n"
+               "  wubugen train --preset quickstart --video_data_path mmnist.npy",
     )
-    mm.add_argument("out", metavar="OUT.npy")
+    mm.add_argument("out", metavar="OUT.npy", help="the array to write")
     mm.add_argument("--digits", required=True, metavar="FILE.npy", help="digits (N, 28, 28) uint8, e.g. MNIST")
-    mm.add_argument("--num_sequences", type=int, default=10000)
-    mm.add_argument("--seq_len", type=int, default=moving_mnist.SEQ_LEN)
-    mm.add_argument("--seed", type=int, default=0)
+    mm.add_argument("--num_sequences", type=int, default=10000, metavar="N", help="sequences to make")
+    mm.add_argument("--seq_len", type=int, default=moving_mnist.SEQ_LEN, metavar="N", help="frames per sequence")
+    mm.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the digits' choice, positions and speeds")
     mm.set_defaults(func=_moving_mnist)
 
 

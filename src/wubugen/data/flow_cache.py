@@ -1,6 +1,6 @@
 """The flow cache: frozen optical flow computed once per frame-cache entry and memory-mapped beside the frame cache.
 
-A frozen flow net is a function of the frames alone, so each source's flow is computed once (SPEC H4: the original ran
+A frozen flow net is a function of the frames alone, so each source's flow is computed once (the original ran
 RAFT pair by pair in every step) and stored at `<cache_dir>/flow/<key>.npy`: float16 (P, 2, H, W), where flow i goes from
 frame i to frame i + frame_skip of the cached frames, for every i (P = frames - frame_skip), in pixels of the cached
 frame size. A window starting at frame s with T encoder frames uses flows s, s + skip, ..., s + (T - 2) * skip.

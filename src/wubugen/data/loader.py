@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import random
+import signal
 from collections.abc import Iterator
 from functools import partial
 from typing import TYPE_CHECKING
@@ -89,6 +90,10 @@ def collate_windows(batch: ClipBatch | list[torch.Tensor]) -> ClipBatch:
 
 
 def _seed_worker(worker_id: int, base: int) -> None:
+    # Ctrl-C reaches the whole foreground process group and Slurm signals every process of a job: the training process
+    # stops cleanly on them (train/signals.py) and ends its workers itself, so a worker must not die first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Augmentation does not use global RNGs (see dataset.py); seeding them anyway makes any other use reproducible.
     s = _mix(base, worker_id)
     random.seed(s)

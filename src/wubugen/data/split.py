@@ -2,7 +2,7 @@
 
 The split depends only on the footage (each source's content fingerprint and window starts) and the seed: never on the
 rank, the file paths or their order (the original split differently on each rank and let blocks overlap and border
-training windows, SPEC §9.3).
+training windows).
 
 * files: whole sources go to validation. Going through them in an order drawn from hash(seed, fingerprint), each one
   that keeps the validation window count within the target (fraction x all windows) is taken, then the one that

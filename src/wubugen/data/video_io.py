@@ -3,7 +3,7 @@ atomic writes live in `wubugen.media`.)
 
 Every reader yields frames already fitted to the output size (by the resize policy) and channel count, as uint8 arrays
 of shape (H, W, C), so each frame is resized exactly once, when the cache is built (the original resized every frame on
-every access, SPEC H15). Readers stream: a video is never held in memory as a whole (SPEC §9.2).
+every access). Readers stream: a video is never held in memory as a whole (the original loaded it whole).
 
 Input conversions (documented behaviour, not errors):
 * grayscale sources are replicated to 3 channels when `num_channels` is 3; colour sources become luma when it is 1;

@@ -11,15 +11,15 @@ from pathlib import Path
 import torch
 
 from wubugen.checkpoint import load_trained
-from wubugen.config import Config
+from wubugen.config import Config, HelpFormatter
 from wubugen.errors import UserError
 from wubugen.media import atomic_write_text
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    from wubugen.eval.device import resolve_device
+
+    return resolve_device(name)
 
 
 def _autocast(device: torch.device):
@@ -28,9 +28,44 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
-def _sample_cmd(args: argparse.Namespace) -> int:
+SAMPLE_BATCH = 32  # clips generated at a time: what memory holds, whatever --num is
+
+
+def _sample_batches(args: argparse.Namespace, cfg: Config, model, device: torch.device):
+    """uint8 (n, T, C, H, W) clips on the CPU, SAMPLE_BATCH at a time, --num in all (the noise streams run on across
+    batches, so --num up to SAMPLE_BATCH gives the clips one batch gave before)."""
     from wubugen.data import read_clip, to_model_range
-    from wubugen.media import save_clips, to_uint8
+    from wubugen.media import to_uint8
+
+    g = torch.Generator().manual_seed(args.seed)
+    clip = None
+    if args.context:
+        clip = to_model_range(read_clip(args.context, cfg)[None].to(device))  # the window at the start of the video
+        if cfg.model.task == "predict":
+            torch.manual_seed(args.seed)
+    elif cfg.model.task == "predict":
+        raise UserError("this checkpoint was trained for --task predict: give --context VIDEO to predict from")
+    t_in = cfg.data.num_input_frames
+    for start in range(0, args.num, SAMPLE_BATCH):
+        n = min(SAMPLE_BATCH, args.num - start)
+        with torch.no_grad(), _autocast(device):
+            if clip is not None:
+                batch = clip.expand(n, -1, -1, -1, -1)
+                if cfg.model.task == "predict":
+                    enc, _ = model.split(batch)
+                    mu, logvar, context = model.encode(enc)
+                    z = model.reparameterize(mu, logvar, sample=args.num > 1)
+                    frames = torch.cat([batch[:, :t_in], model.decode(z, context).float()], 1)
+                else:  # reconstruct: the window's last frames rebuilt from its posterior mean
+                    frames = torch.cat([batch[:, :t_in], model(batch, sample_posterior=False).recon.float()], 1)
+            else:  # noise drawn on the CPU from the seeded generator (the same clips on any device)
+                noise = torch.randn((n, *model.latent_shape()), generator=g)
+                frames = model.sample(n, noise=noise)
+        yield to_uint8(frames.float()).cpu()
+
+
+def _sample_cmd(args: argparse.Namespace) -> int:
+    from wubugen.media import max_clips, save_clips, write_clip_grid_stream
 
     out = Path(args.out)
     if out.suffix.lower() not in (".mp4", ".gif", ".png"):
@@ -39,27 +74,21 @@ def _sample_cmd(args: argparse.Namespace) -> int:
         raise UserError("--num must be at least 1")
     device = _device(args.device)
     cfg, model, c = load_trained(args.checkpoint, device, prefer=args.which)
-    g = torch.Generator().manual_seed(args.seed)
-    with torch.no_grad(), _autocast(device):
-        if args.context:
-            clip = read_clip(args.context, cfg)  # uint8 (T, C, H, W), the window at the start of the video
-            clip = to_model_range(clip[None].to(device)).expand(args.num, -1, -1, -1, -1)
-            if cfg.model.task == "predict":
-                torch.manual_seed(args.seed)
-                enc, _ = model.split(clip)
-                mu, logvar, context = model.encode(enc)
-                z = model.reparameterize(mu, logvar, sample=args.num > 1)
-                frames = torch.cat([clip[:, : cfg.data.num_input_frames], model.decode(z, context).float()], 1)
-            else:  # reconstruct: the window's last frames rebuilt from its posterior mean
-                frames = torch.cat([clip[:, : cfg.data.num_input_frames], model(clip, sample_posterior=False).recon.float()], 1)
-        else:
-            if cfg.model.task == "predict":
-                raise UserError("this checkpoint was trained for --task predict: give --context VIDEO to predict from")
-            frames = model.sample(args.num, generator=g)
-    clips = to_uint8(frames.float()).cpu()
-    save_clips(out, clips, fps=args.fps)
-    print(f"wrote {out} ({clips.shape[0]} clips of {clips.shape[1]} frames, {clips.shape[-2]}x{clips.shape[-1]}) "
-          f"from {c.path}")
+    h, w = cfg.data.image_h, cfg.data.image_w
+    most = max_clips(out, h, w)
+    if args.num > most:
+        layout = "stacked in a grid" if out.suffix.lower() == ".png" else "side by side"
+        raise UserError(f"--num {args.num}: a {out.suffix.lower()} holds at most {most} clips of {h}x{w} {layout}; "
+                        f"lower --num, write several files (--seed), or write a .png grid (up to "
+                        f"{max_clips('x.png', h, w)} clips, written in batches)")
+    shape: list[tuple[int, ...]] = []
+    batches = (shape.append(tuple(b.shape)) or b for b in _sample_batches(args, cfg, model, device))
+    if out.suffix.lower() == ".png":  # a grid, band by band: memory holds one batch
+        write_clip_grid_stream(out, batches, args.num)
+    else:  # side by side in every frame: --num is bounded by the format's width, so are the clips held
+        save_clips(out, torch.cat(list(batches)), fps=args.fps)
+    t_out, (ch, cw) = shape[0][1], shape[0][-2:]
+    print(f"wrote {out} ({args.num} clips of {t_out} frames, {ch}x{cw}) from {c.path}")
     return 0
 
 
@@ -107,25 +136,52 @@ def _evaluate_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+SAMPLE_EXAMPLES = """examples:
+  wubugen sample --checkpoint runs/quickstart --out samples.gif
+  wubugen sample --checkpoint runs/phase1 --which last --num 8 --out grid.png
+  wubugen sample --checkpoint runs/predict --context clip.mp4 --num 4 --out predicted.mp4   # a predict-task model"""
+
+EVALUATE_EXAMPLES = """examples:
+  wubugen evaluate --checkpoint runs/phase1 --data footage/val/
+  wubugen evaluate --checkpoint runs/phase2a --data footage/val/ --max_batches 50 --out phase2a.json"""
+
+CHECKPOINT_HELP = "a run directory (its best or last checkpoint, see --which), a checkpoint directory or a pointer file"
+WHICH_HELP = "in a run directory: the best checkpoint (by its --val_primary_metric) or the last"
+DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda or cuda:N"
+
+
 def register(sub) -> None:
-    p = sub.add_parser("sample", help="write samples of a trained model as MP4, GIF or a PNG grid")
-    p.add_argument("--checkpoint", required=True, help="checkpoint dir, run dir (its best) or pointer file")
-    p.add_argument("--num", type=int, default=4)
-    p.add_argument("--out", required=True, help="output file: .mp4, .gif or .png")
-    p.add_argument("--context", default=None, help="a video (or frame folder) whose first window is the context")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--which", choices=("best", "last"), default="best", help="in a run dir: the best or the last")
-    p.add_argument("--device", default="auto")
+    p = sub.add_parser(
+        "sample", help="write samples of a trained model as MP4, GIF or a PNG grid", formatter_class=HelpFormatter,
+        description="Decode prior samples of a trained model (reconstruct task), or, with --context, the frames it "
+                    "makes from the first window of a video: the context frames followed by the generated ones.",
+        epilog=SAMPLE_EXAMPLES)
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help=CHECKPOINT_HELP)
+    p.add_argument("--num", type=int, default=4, metavar="N", help="clips to write")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="output file: .mp4 or .gif (the clips side by side, animated) or .png (a grid of frames)")
+    p.add_argument("--context", default=None, metavar="PATH",
+                   help="a video or frame folder whose first window is the context (needed for the predict task)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the prior samples and posterior noise")
+    p.add_argument("--fps", type=int, default=8, metavar="N", help="frames per second of a .mp4 or .gif")
+    p.add_argument("--which", choices=("best", "last"), default="best", help=WHICH_HELP)
+    p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
     p.set_defaults(func=_sample_cmd)
 
-    e = sub.add_parser("evaluate", help="PSNR/SSIM/LPIPS of a trained model on footage; prints a table, writes JSON")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data", required=True, help="video file, folder, frame folder or list file")
-    e.add_argument("--out", default="evaluation.json")
-    e.add_argument("--batch_size", type=int, default=8)
-    e.add_argument("--max_batches", type=int, default=0)
-    e.add_argument("--lpips_weights", default=None, help="AlexNet backbone weights for LPIPS (else the torch hub cache)")
-    e.add_argument("--which", choices=("best", "last"), default="best")
-    e.add_argument("--device", default="auto")
+    e = sub.add_parser(
+        "evaluate", help="PSNR/SSIM/LPIPS of a trained model on footage; prints a table, writes JSON",
+        formatter_class=HelpFormatter, epilog=EVALUATE_EXAMPLES,
+        description="Reconstruct every window of the footage with a trained model (its own frame size, window and "
+                    "task) and report PSNR, SSIM, LPIPS and MSE; for the predict task also the baseline of repeating "
+                    "the last context frame.")
+    e.add_argument("--checkpoint", required=True, metavar="PATH", help=CHECKPOINT_HELP)
+    e.add_argument("--data", required=True, metavar="PATH",
+                   help="the footage: a video file, a folder (searched recursively), a frame folder or a list file")
+    e.add_argument("--out", default="evaluation.json", metavar="PATH", help="the JSON report")
+    e.add_argument("--batch_size", type=int, default=8, metavar="N", help="clips per batch")
+    e.add_argument("--max_batches", type=int, default=0, metavar="N", help="batches to evaluate (0: all)")
+    e.add_argument("--lpips_weights", default=None, metavar="PATH",
+                   help="AlexNet weights for LPIPS (default: the torch hub cache; without them LPIPS is unavailable)")
+    e.add_argument("--which", choices=("best", "last"), default="best", help=WHICH_HELP)
+    e.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
     e.set_defaults(func=_evaluate_cmd)

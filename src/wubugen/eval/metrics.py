@@ -3,9 +3,9 @@
 `VideoMetrics` accumulates sums on the device and never reads a value back during `update`, so validation runs without
 host syncs; `sums()` is one small tensor that DDP ranks can `all_reduce`, and `compute()` reads it once.
 
-Conventions (FIELD.md §7; Open-Sora-Plan's eval scripts): frames mapped from [-1, 1] to [0, 1]; PSNR = 10 log10(1 / mse)
+Conventions (those of Open-Sora-Plan's and latent diffusion's evaluation scripts): frames mapped from [-1, 1] to [0, 1]; PSNR = 10 log10(1 / mse)
 per frame with mse clamped at 1e-10 (a 100 dB cap), then averaged over frames. The original averaged per-batch PSNRs of the
-batch-mean MSE (SPEC D20), which depends on the batch size. SSIM: Gaussian window 11, sigma 1.5, data_range 1, computed on
+batch-mean MSE, which depends on the batch size. SSIM: Gaussian window 11, sigma 1.5, data_range 1, computed on
 (B*T, C, H, W) so each frame is a 2-D image (a 5-D input would make torchmetrics use a 3-D kernel across time).
 LPIPS: AlexNet backbone + the linear calibration layers torchmetrics ships, on inputs in [-1, 1].
 """

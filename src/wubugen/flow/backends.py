@@ -3,17 +3,17 @@
 RAFT (`raft_small`, `raft_large`):
   * weights come from `--flow_weights PATH` or the torch hub cache (`torch.hub.get_dir()/checkpoints/<official file>`);
     nothing is downloaded, and nothing falls back: when the file is missing, or does not fit the architecture, a one-line
-    UserError says where wubugen looked and how to fix it. The loaded weights are never re-initialised (SPEC D6 fixed);
+    UserError says where wubugen looked and how to fix it. The loaded weights are never re-initialised (the original re-initialised them);
   * inputs are float images in [-1, 1]; frames whose short side is under 128 px are upsampled by an integer factor
     (RAFT's minimum size; its feature maps are 1/8 of the input), then replicate-padded to multiples of 8 (RAFT's own size
-    check is not relied on, FIELD §6.1); the flow is cropped, pooled back to the frame size and divided by the factor,
+    check is not relied on; Teed & Deng, RAFT, ECCV 2020); the flow is cropped, pooled back to the frame size and divided by the factor,
     so it is in pixels of the frame;
-  * all frame pairs go through the net in one call (SPEC H4 fixed); the last refinement is the flow.
-DIS (`dis`): OpenCV's dense inverse-search flow on grayscale uint8 frames, preset MEDIUM (accurate at every size, FIELD
-§6.2), on the CPU. Not differentiable, so it is always frozen.
+  * all frame pairs go through the net in one call (the original ran one pair at a time); the last refinement is the flow.
+DIS (`dis`): OpenCV's dense inverse-search flow on grayscale uint8 frames, preset MEDIUM (accurate at every size; Kroeger et al.,
+Fast Optical Flow using Dense Inverse Search, ECCV 2016), on the CPU. Not differentiable, so it is always frozen.
 
 `FlowEstimator` wraps either behind one call, `estimator(a, b) -> flow`, and knows its cache identity (`key`).
-A frozen estimator keeps its net in eval mode whatever its parent's mode (SPEC D7 fixed), runs under no_grad, and leaves
+A frozen estimator keeps its net in eval mode whatever its parent's mode (the original let its BatchNorm statistics drift in train mode), runs under no_grad, and leaves
 its weights out of the state dict (they are the weights file's, named by the config; checkpoints never carry or override
 them).
 """

@@ -7,7 +7,7 @@ so the cost is O(N * H * W) for any number of regions, with no Python loop over 
 tables are accumulated in float64 (float32 where the device has none), which keeps sums of squares exact enough for the
 variances and is immune to TF32 matmul settings (a masked-sum einsum would run on the tensor cores in TF32).
 
-Statistics, always in this fixed order whatever the order of `--flow_stats_components` (the original's, SPEC §5.2 step 4),
+Statistics, always in this fixed order whatever the order of `--flow_stats_components` (the original script's order),
 with dx = flow channel 0 and dy = flow channel 1, per region:
   * mag_mean   (1): mean of sqrt(dx^2 + dy^2)
   * mag_std    (1): unbiased standard deviation of the magnitude, 0 for a region of one pixel

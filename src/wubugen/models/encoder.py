@@ -79,10 +79,13 @@ class RegionalEncoder(nn.Module):
         self.register_buffer("box_features", normalized_boxes(boxes, W, H), persistent=False)  # (R, 4)
         self.num_regions = boxes.shape[0]
 
-        # shallow CNN at full resolution (the original's RoIAlign feature map), then down to the latent grid
-        self.stem = conv2d_block(C, cs)
         # the spatial path exists where something consumes it: a spatial latent, or the predict task's context
         self.use_spatial_path = self.spatial or m.task == "predict"
+        self.use_roi_align = m.encoder_use_roi_align
+        # shallow CNN at full resolution (the original's RoIAlign feature map), then down to the latent grid; built
+        # where something reads it (a global latent from pixel-patch regions needs none)
+        if self.use_spatial_path or (self.use_regions and self.use_roi_align):
+            self.stem = conv2d_block(C, cs)
         if self.use_spatial_path:
             n_down = int(math.log2(m.latent_downsample))
             chans = [cs] + [min(ce, cs * 2 ** (i + 1)) if i < n_down - 1 else ce for i in range(n_down)]
@@ -92,7 +95,6 @@ class RegionalEncoder(nn.Module):
         dt = 0
         if self.use_regions:
             # GAAD regions -> WuBu-S
-            self.use_roi_align = m.encoder_use_roi_align
             if self.use_roi_align:
                 self.roi_size = (m.encoder_roi_align_output_h, m.encoder_roi_align_output_w)
                 patch_dim = cs * self.roi_size[0] * self.roi_size[1]
@@ -180,7 +182,8 @@ class RegionalEncoder(nn.Module):
         b, t, c, hh, ww = frames.shape
         x = frames.reshape(b * t, c, hh, ww)
         # the stem runs on every frame only where RoIAlign reads it; otherwise on the spatial path's frames alone
-        stem_all = self.use_regions and self.use_roi_align or not self.targets_only
+        roi_reads_stem = self.use_regions and self.use_roi_align
+        stem_all = roi_reads_stem or (self.use_spatial_path and not self.targets_only)
         shallow = self._per_frame(self.shallow_features, x) if stem_all else None  # (B*T, cs, H, W)
         codes = self.region_codes_of(shallow, x, b, t, motion) if self.use_regions else None  # (B, R, D_t)
 

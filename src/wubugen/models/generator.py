@@ -3,7 +3,7 @@
 A spatial latent (B, C_z, T, h, w) is decoded by 3-D conv blocks that upsample x2 per stage; a global latent (B, latent_dim)
 is first expanded by a Linear onto a small grid. Every stage is modulated by spatially varying GAAD-region FiLM. The output
 grid is the ceiling multiple of the frame size and is cropped to H x W, so non-square and non-power-of-two frames are
-produced directly (the original pooled a square output to the frame: SPEC §11.1).
+produced directly (the original pooled a square output to the frame).
 Temporal kernels act at the lowest resolution and in the final conv, where they are cheap; high-resolution stages are
 spatial-only (1, 4, 4) transposed convs.
 """

@@ -66,7 +66,7 @@ class RegionFiLM(nn.Module):
 
     The map (R, h, w) says how much of each cell each region covers; a 1x1-conv MLP turns it into per-pixel (gamma, beta),
     so features are modulated by *where* they are in the region hierarchy (the original's FiLM condition was one constant
-    vector for every sample and pixel: SPEC D13). Starts near the identity (small last layer; exactly zero would leave
+    vector for every sample and pixel). Starts near the identity (small last layer; exactly zero would leave
     the first layer without gradient).
     Works on (B, C, T, h, w) and (B, C, h, w).
     """

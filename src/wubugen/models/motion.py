@@ -8,14 +8,14 @@
       -> flow step t joins frame t; the last frame, which has no next frame, gets a learned vector           (B, T, D_m)
 
 The encoder concatenates the result to every region's WuBu-S features of the same frame before WuBu-T mixes time, so
-every flow step reaches the latent and the branch receives gradient (SPEC D8, D10 fixed). The static pieces (pixel
-rectangles of the regions, their normalised boxes) are buffers built once for the frame size (SPEC H1, H3 fixed).
+every flow step reaches the latent and the branch receives gradient (the original zero-padded motion features at the end, so they got no gradient). The static pieces (pixel
+rectangles of the regions, their normalised boxes) are buffers built once for the frame size (the original rebuilt them every step).
 
 Choices beyond the original:
   * magnitude statistics enter as log1p(value) (flow magnitudes are in pixels, unbounded and heavy-tailed; the angle
     statistics are already O(1));
   * each token carries its region's normalised box (cx, cy, w, h), so pooling over regions keeps where the motion is;
-  * attention pooling over regions instead of a plain mean (the original averaged, after zero-padding, SPEC §5.1 step 6).
+  * attention pooling over regions instead of a plain mean (the original averaged, after zero-padding).
 """
 from __future__ import annotations
 

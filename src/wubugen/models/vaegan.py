@@ -1,6 +1,6 @@
 """The WuBu-GAAD hybrid VAE: encoder + (optional motion branch) + generator. The discriminator lives beside it.
 
-Two tasks (SPEC D9 fixed):
+Two tasks (the original's latent depended only on the last target frame):
   * reconstruct: the posterior sees the whole window; the generator rebuilds its last num_predict_frames frames;
   * predict: the encoder sees only the num_input_frames context frames; the generator produces the frames that follow.
 """

@@ -1,20 +1,20 @@
 """WuBu nesting: a stack of hyperbolic levels joined by rotations and linear maps.
 
 Each level lives on a Poincare ball whose curvature, scale and spread are learnable tensors in the graph (the original read
-them with `.item()`, so they never learned: SPEC D2). A level
+them with `.item()`, so they never learned). A level
 
   1. combines its inputs (the incoming tangent vector, the boundary-relative vector and the descriptor of the previous level)
      with an MLP whose width follows the level's (no fixed 32-wide bottleneck),
   2. scales the result to a tangent norm of about `scale` (LayerNorm outputs have norm ~sqrt(dim); mapping those straight to
-     the ball saturates tanh and reduces the geometry to direction normalisation, SPEC §1.3) and maps it onto the ball,
+     the ball saturates tanh and reduces the geometry to direction normalisation) and maps it onto the ball,
   3. translates the point by its learnable level descriptor (Mobius addition),
   4. measures it against learnable boundary points: relative vectors log0(-y (+) b_k) (the log map at y, transported to the
      origin) weighted by a Gaussian kernel of the hyperbolic distance with learnable width `spread`,
   5. emits [log0(y), relative vector] for the stack's output and passes (log0(y), relative vector, descriptor) on.
 
-So curvature, scale, spread, descriptor and boundary points shape the output of every level, the last one included (D3).
+So curvature, scale, spread, descriptor and boundary points shape the output of every level, the last one included (the original's last level ignored them).
 Inter-level transforms apply a real rotation (orthogonal by construction: the Cayley transform of a skew-symmetric
-matrix, optionally initialised with phi-scaled plane rotations) and a linear map (D4, D5). Cayley rather than the
+matrix, optionally initialised with phi-scaled plane rotations) and a linear map (the original's were identities). Cayley rather than the
 matrix exponential because torch's matrix_exp synchronises with the host on CUDA to pick its degree.
 
 `euclidean=True` is the ablation: every hyperbolic map becomes the identity (Mobius addition becomes +), sizes unchanged.

@@ -25,16 +25,20 @@ class DistInfo:
 
 def init_distributed(device_pref: str = "auto") -> tuple[DistInfo, torch.device]:
     """Reads torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE). NCCL on CUDA, gloo on the CPU."""
+    from wubugen.eval.device import resolve_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
+    chosen = resolve_device(device_pref)  # a device that does not exist is a one-line UserError here
     if world <= 1:
-        if device_pref not in ("auto", "cuda", "cpu") and not device_pref.startswith("cuda:"):
-            raise ValueError(f"unknown device {device_pref!r}")
-        if device_pref.startswith("cuda:"):
-            return DistInfo(), torch.device(device_pref)
-        return DistInfo(), torch.device("cuda" if use_cuda else "cpu")
+        return DistInfo(), chosen
+    use_cuda = chosen.type == "cuda"
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
+        if local >= torch.cuda.device_count():
+            from wubugen.errors import UserError
+
+            raise UserError(f"torchrun local rank {local} has no GPU: this machine has {torch.cuda.device_count()}; "
+                            "lower --nproc_per_node")
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     else:

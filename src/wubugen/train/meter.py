@@ -24,3 +24,14 @@ class LossMeter:
         self._sums[window].zero_()
         self._counts[window] = 0
         return mean
+
+    def state_dict(self) -> dict:
+        """The windows' running sums and counts: a resume at any step continues them (logs and Q-control decisions
+        average the same steps as an uninterrupted run)."""
+        return {"sums": {w: t.detach().clone() for w, t in self._sums.items()}, "counts": dict(self._counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for w, t in state["sums"].items():
+            if w in self._sums:
+                self._sums[w].copy_(t.to(self._sums[w].device))
+                self._counts[w] = int(state["counts"][w])

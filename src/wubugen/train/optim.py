@@ -12,7 +12,7 @@ and return before touching anything, and ball updates are committed through `tor
 gradients cannot leak. With `skip=None` nothing is masked: as in torch's optimizers, non-finite gradients then reach the
 parameters, so a trainer that can meet them passes `skip`.
 
-Deliberate differences from the original RiemannianEnhancedSGD (SPEC section 8.7):
+Deliberate differences from the original RiemannianEnhancedSGD:
 * ball points move along the exact exponential map and the momentum is parallel-transported to the new point (the
   original took a projected Euclidean step and kept an untransported buffer);
 * per-tensor clipping computes its coefficient on the device (no `.item()`) and never edits `p.grad` in place;
@@ -333,7 +333,7 @@ MOMENTUM_RANGE = (0.0, 0.999)
 def apply_lr_momentum_scales(optimizer: Optimizer, lr_scale: float, momentum_scale: float = 1.0) -> None:
     """Set every group's lr (and momentum, where the optimizer has one) to its initial value times the scale.
 
-    The scales multiply the *initial* values, so Q-control never compounds (SPEC 8.6); ranges as the original.
+    The scales multiply the *initial* values, so Q-control never compounds; ranges as the original.
     """
     for group in optimizer.param_groups:
         group["lr"] = min(max(group["initial_lr"] * lr_scale, LR_RANGE[0]), LR_RANGE[1])

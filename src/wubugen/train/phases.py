@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from wubugen.config import ConfigError, build_config, read_toml
+from wubugen.config import ConfigError, HelpFormatter, build_config, read_toml
 from wubugen.errors import UserError
 
 
@@ -85,12 +85,20 @@ def _cmd(args) -> int:
     return run_plan(args.plan, overrides, dry_run=args.dry_run)
 
 
+PHASES_EXAMPLES = """examples:
+  wubugen phases configs/phases/guide.toml --set video_data_path=footage/ --dry-run
+  wubugen phases configs/phases/guide.toml --set video_data_path=footage/ --set batch_size=8 --root runs/guide"""
+
+
 def register(sub) -> None:
     p = sub.add_parser("phases", help="run a phased training plan (TOML): each phase starts from the previous best",
-                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("plan", help="plan file, e.g. configs/phases/guide.toml")
-    p.add_argument("--root", default=None, help="where the phases' run directories go (default: the plan's root)")
-    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="an option for every phase (wins over the plan)")
+                       description=__doc__, formatter_class=HelpFormatter, epilog=PHASES_EXAMPLES)
+    p.add_argument("plan", metavar="PLAN.toml", help="the plan, e.g. configs/phases/guide.toml (the guide's phases)")
+    p.add_argument("--root", default=None, metavar="DIR",
+                   help="where the phases' run directories go (default: the plan's root, else runs/phases)")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE",
+                   help="an option for every phase, winning over the plan; NAME is any option of "
+                        "`wubugen train --help-all` (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the phases and their options, train nothing")
     p.set_defaults(func=_cmd)
 

@@ -84,9 +84,11 @@ def build_players(cfg: Config, device: torch.device, dist: DistInfo | None = Non
         model_step = DDP(model, device_ids=ids, **(ddp_kwargs or {}))
         disc_step = DDP(disc, device_ids=ids, **(ddp_kwargs or {}))
     frozen_disc: nn.Module = disc
-    if t.compile or t.compile_wubu:
+    # the WuBu stacks are compiled on CUDA only: on the CPU inductor's C++ build takes minutes, more than it saves
+    wubu_compiled = t.compile_wubu and not t.compile and device.type == "cuda"
+    if t.compile or wubu_compiled:
         use_compile_cache(cfg.data.cache_dir)
-    if t.compile_wubu and not t.compile:
+    if wubu_compiled:
         compile_wubu_stacks(model, t.compile_mode)
     if t.compile:
         # the step's players go through torch.compile; checkpoints, validation and sampling use the plain modules

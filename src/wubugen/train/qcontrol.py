@@ -1,4 +1,4 @@
-"""Q-learning controllers for learning rates, momenta and lambda_KL (the original's HAKMEMQController, SPEC section 8).
+"""Q-learning controllers for learning rates, momenta and lambda_KL (the original's HAKMEMQController).
 
 Each controller turns a handful of recent losses into a small discrete state, picks a scale per action type by
 epsilon-greedy search over a tabular, factorised Q (every action type has its own Q vector and they share the reward),
@@ -6,9 +6,9 @@ and learns from the reward of its previous choice. Scales multiply the *base* va
 `initial_*`; lambda_KL: the phase's value), so they never compound.
 
 Fixed relative to the original:
-* D22: a metric's trend compares the new value with the history *before* the value is appended, and the first decision
+* a metric's trend compares the new value with the history *before* the value is appended, and the first decision
   appends each value once (the padding of the first history to its full length with that value is kept).
-* D21: the lambda_KL reward follows the validation metric's direction (`higher_is_better`).
+* the lambda_KL reward follows the validation metric's direction (`higher_is_better`).
 * lambda_KL stays in [base/band, base*band] intersected with [min, max], so it cannot random-walk away from the phase's
   value, and it is decided once per *new validation result* (see `LambdaKLController`).
 * Rewards never mutate their inputs; non-finite losses are penalised (as the original's extreme-loss rule) instead of
@@ -36,7 +36,7 @@ __all__ = [
 
 EPS = 1e-5
 
-# Q-learning hyper-parameters (DEFAULT_CONFIG_QLEARN_HYBRID of the original, SPEC 8.1)
+# Q-learning hyper-parameters (DEFAULT_CONFIG_QLEARN_HYBRID of the original)
 ALPHA = 0.01
 GAMMA = 0.90
 EPSILON_START = 0.5
@@ -105,7 +105,7 @@ def digitize(x: float, edges: Sequence[float]) -> int:
 
 
 def trend_bin(history: Iterable[float], current: float | None) -> int:
-    """Direction of `current` against the median of `history` (values *before* current), in 5 bins, 2 = flat (SPEC 8.2).
+    """Direction of `current` against the median of `history` (values *before* current), in 5 bins, 2 = flat.
 
     0: fell > 15 %, 1: fell 2-15 %, 2: within 2 %, 3: rose 2-15 %, 4: rose > 15 %. The denominator falls back to
     max(|current|, 0.01) when the median is near zero, so tiny losses do not make every wiggle a big trend.
@@ -172,7 +172,7 @@ def _rel_drop(prev: float, cur: float) -> float:
 def gen_reward(
     cur: Mapping[str, float], prev: Mapping[str, float], lambda_kl: float, w: RewardWeights = WEIGHTS
 ) -> float:
-    """The generator's reward terms (SPEC 8.5) from current and reference losses (keys of GEN_KEYS), unclipped."""
+    """The generator's reward terms (as the original's) from current and reference losses (keys of GEN_KEYS), unclipped."""
     recon, kl, adv, d, gtot = (cur[k] for k in ("loss_recon", "loss_kl", "loss_g_adv", "loss_d_total", "loss_g_total"))
     recon_scale = 1.0 + math.log1p(max(0.0, recon - 0.02) * 20.0)
     p_recon = prev["loss_recon"]
@@ -189,7 +189,7 @@ def gen_reward(
 
 
 def disc_reward(cur: Mapping[str, float], prev: Mapping[str, float], w: RewardWeights = WEIGHTS) -> float:
-    """The discriminator's reward terms (SPEC 8.5) from current and reference losses (keys of DISC_KEYS), unclipped."""
+    """The discriminator's reward terms (as the original's) from current and reference losses (keys of DISC_KEYS), unclipped."""
     d, d_real, d_fake, adv = (cur[k] for k in ("loss_d_total", "loss_d_real", "loss_d_fake", "loss_g_adv"))
     r = 0.0
     if 0.4 < d < 0.65:
@@ -230,7 +230,7 @@ def lr_mom_reward(
 def lambda_kl_reward(
     cur: Mapping[str, float], prev: Mapping[str, float], higher_is_better: bool, w: RewardWeights = WEIGHTS
 ) -> float:
-    """The lambda_KL reward in [-2, 2] (SPEC 8.5) with the validation metric's direction respected (D21).
+    """The lambda_KL reward in [-2, 2] with the validation metric's direction respected (the original assumed higher is better for every metric).
 
     `cur`/`prev` hold loss_recon, loss_kl, loss_d_total, val_metric and lambda_kl of this and the previous decision.
     """

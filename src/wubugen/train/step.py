@@ -1,8 +1,9 @@
 """One optimizer step of the VAE-GAN: micro-batches, both players, clipping, and the non-finite guard. No host syncs.
 
-Per micro-batch there is ONE generator forward (SPEC D15 fixed). Its output is reused:
+Per micro-batch there is ONE generator forward (the original ran extra full forwards). Its output is reused:
   * detached, for D on the concatenation [real target; fake] in a single forward (one spectral-norm power iteration and
-    one set of DDP buffers per step, FIELD §4 #10), so real and fake are the same time positions (SPEC D14 fixed);
+    one set of DDP buffers per step), so real and fake are the same time positions (the original compared real context frames
+    with fake targets);
   * with gradient, for the generator's adversarial term through a frozen, unwrapped D (its weights get no gradient and
     its DDP reducer expects none).
 D's adversarial gradient for G is taken against the pre-update D, as in the original (a simultaneous update).

@@ -16,25 +16,30 @@ from tqdm import tqdm
 from wubugen.config import Config
 from wubugen.data import build_datasets, make_loader
 from wubugen.data.batch import ClipBatch
-from wubugen.errors import TrainingStopped
+from wubugen.errors import Interrupted, TrainingStopped
 from wubugen.eval.metrics import is_better, load_lpips, lpips_unavailable_message
 from wubugen.track import build_tracker
 from wubugen.train import artifacts
 from wubugen import checkpoint as ckpt
 from wubugen.train import state as run_state
-from wubugen.train.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object
+from wubugen.train.distributed import DistInfo, all_reduce_sum, barrier
 from wubugen.train.meter import LossMeter
 from wubugen.train.optim import apply_lr_momentum_scales
 from wubugen.train.players import build_players, set_seed
+from wubugen.train.signals import StopControl, StopSignals, stopped_message
 from wubugen.train.state import RunState
 from wubugen.train.step import LOSS_KEYS, StepRunner
 
 
 class Trainer:
-    def __init__(self, cfg: Config, dist: DistInfo, device: torch.device):
+    def __init__(self, cfg: Config, dist: DistInfo, device: torch.device, resume_from: ckpt.Checkpoint | None = None):
+        """resume_from: the checkpoint `--resume` continues from (resume_rules.plan_resume), else its run's last."""
         self.cfg, self.dist, self.device = cfg, dist, device
-        self.t_created = time.perf_counter()  # --max_seconds counts from here (set-up included)
         t = cfg.train
+        self.signals = StopSignals(announce=dist.is_main, lead="\n" if cfg.log.progress else "")
+        self.control = StopControl(self.signals, dist, device, t.max_seconds, t.save_every_minutes,
+                                   t_created=time.perf_counter())  # --max_seconds counts from here (set-up included)
+        self._saved_step, self._stop_signal = -1, 0
         self.run_dir = Path(t.checkpoint_dir)
         self.is_main = dist.is_main
         self.log = print if self.is_main else (lambda *a, **k: None)
@@ -48,7 +53,7 @@ class Trainer:
         self.players = p = build_players(cfg, device, dist, log=self.log)
         self.runner = StepRunner(p)
         self.state = RunState(lambda_kl=t.lambda_kl)
-        self.scales = (1.0, 1.0, 1.0, 1.0)  # the Q-controllers' latest LR/momentum scales (G, D)
+        self.meter = LossMeter(("log", "q", "lkl"), len(LOSS_KEYS), device)
         self.lpips = None
         if t.use_lpips_for_verification:
             self.lpips = load_lpips(t.lpips_weights, device)
@@ -62,7 +67,7 @@ class Trainer:
             report = attach_flow_cache(self.data, cfg, motion.flow, rank=dist.rank, world_size=dist.world_size)
             self.log(report.summary(motion.flow))
         if t.resume:
-            run_state.resume(t.resume, cfg, self.state, p, self.runner, self.log)
+            run_state.resume(resume_from or t.resume, cfg, self.state, p, self.runner, self.log, self.meter)
         elif t.load_checkpoint:
             run_state.load_phase(t.load_checkpoint, cfg, self.state, p, self.log)
         if not t.resume:  # per-rank stream for the posterior noise and dropout (after weights are identical everywhere)
@@ -84,9 +89,11 @@ class Trainer:
             meta = {"config": self.cfg.to_dict(), "metrics": s.last_val, "lambda_kl": s.lambda_kl,
                     "task": self.cfg.model.task}
             path = ckpt.save_checkpoint(self.run_dir, s.step, self.players.modules_to_save(),
-                                        run_state.train_state(s, self.players, self.runner), meta,
+                                        run_state.train_state(s, self.players, self.runner, self.meter), meta,
                                         self.cfg.train.keep_last_checkpoints, best=best)
         barrier(self.dist)  # no rank reads a checkpoint before it is complete
+        self._saved_step = self.state.step
+        self.control.saved()
         return path
 
     def total_steps(self, batches_per_epoch: int) -> int:
@@ -109,28 +116,30 @@ class Trainer:
             artifacts.announce(self.players, self.runner, self.data, self.run_dir, self.batches_per_epoch, total)
         bar = tqdm(total=total, initial=s.step, desc="train", unit="step", disable=not (self.is_main and cfg.log.progress),
                    dynamic_ncols=True, file=sys.stdout)
-        meter = LossMeter(("log", "q", "lkl"), len(LOSS_KEYS), self.device)
-        t_start = time.perf_counter()
-        while s.step < total:
-            outcome = self._run_epoch(total, meter, bar)
-            if outcome == "steps_done":
-                break
-            if outcome == "rolled_back":  # the loop goes on from the restored position, with fresh windows
-                bar.n = s.step
-                meter = LossMeter(("log", "q", "lkl"), len(LOSS_KEYS), self.device)
-            elif outcome == "epoch_done":  # a partial accumulation is dropped, as the original
-                s.epoch += 1
-                s.batch_in_epoch = 0
-                if t.val_interval <= 0:
-                    self._validate_and_checkpoint()
-        bar.close()
+        t_start, outcome = time.perf_counter(), "steps_done"
+        with self.signals:  # SIGINT/SIGTERM: the step finishes, a checkpoint is written, the run stops (signals.py)
+            while s.step < total:
+                outcome = self._run_epoch(total, self.meter, bar)
+                if outcome in ("steps_done", "stopped"):
+                    break
+                if outcome == "rolled_back":  # the loop goes on from the restored position, with fresh windows
+                    bar.n = s.step
+                    self.meter = LossMeter(("log", "q", "lkl"), len(LOSS_KEYS), self.device)
+                elif outcome == "epoch_done":  # a partial accumulation is dropped, as the original
+                    s.epoch += 1
+                    s.batch_in_epoch = 0
+                    if t.val_interval <= 0:
+                        self._validate_and_checkpoint()
+            bar.close()
+            if outcome == "stopped":  # every rank agreed on the step (StopControl.poll)
+                self._stop(self._stop_signal)
         elapsed = time.perf_counter() - t_start
         if not (t.val_interval > 0 and s.step % t.val_interval == 0) or s.step == 0:
             self._validate_and_checkpoint()
         return self._finish(elapsed)
 
     def _run_epoch(self, total: int, meter: LossMeter, bar) -> str:
-        """Steps through the rest of the current epoch. -> 'epoch_done', 'steps_done' or 'rolled_back'."""
+        """Steps through the rest of the current epoch. -> 'epoch_done', 'steps_done', 'rolled_back' or 'stopped'."""
         cfg, t, s, log = self.cfg, self.cfg.train, self.state, self.cfg.log
         p = self.players
         health_every = max(1, min(log.log_interval, max(1, t.max_consecutive_nonfinite // 2)))
@@ -165,23 +174,30 @@ class Trainer:
                 self._validate_and_checkpoint()
             elif t.save_interval > 0 and s.step % t.save_interval == 0:
                 self.save()
-            if s.step >= total or self._out_of_time(s.step % health_every == 0):
+            if s.step >= total:
                 return "steps_done"
+            # a signal, --max_seconds, --save_every_minutes: host-side reads; under DDP decided on synced steps only
+            signum, out_of_time, save_due = self.control.poll(s.step % health_every == 0)
+            if signum:
+                self._stop_signal = signum
+                return "stopped"
+            if out_of_time:
+                return "steps_done"
+            if save_due and self._saved_step != s.step:
+                self.save()
         return "epoch_done"
 
-    def _out_of_time(self, may_sync: bool) -> bool:
-        """--max_seconds reached. One process reads its clock every step (no device sync); under DDP rank 0's clock
-        decides, broadcast only on steps where the loop syncs anyway (`may_sync`), so every rank stops together."""
-        limit = self.cfg.train.max_seconds
-        if limit <= 0 or (self.dist.enabled and not may_sync):
-            return False
-        over = time.perf_counter() - self.t_created >= limit
-        return bool(broadcast_object(over, self.dist)) if self.dist.enabled else over
+    def _stop(self, signum: int) -> None:
+        """After SIGINT/SIGTERM: a checkpoint of the step reached (unless just written), then stop (exit 128 + signum)."""
+        if self._saved_step != self.state.step:
+            self.save()
+        self.tracker.finish()
+        raise Interrupted(stopped_message(signum, self.state.step, self.run_dir) if self.is_main else "", 128 + signum)
 
     # ------------------------------------------------------------------------------------------------------------------
     def _apply_lrs(self, g_lr_scale: float, g_mom_scale: float, d_lr_scale: float, d_mom_scale: float) -> None:
         """Q-controller scales times the rollback factor, on the base learning rates (never compounding)."""
-        self.scales = (g_lr_scale, g_mom_scale, d_lr_scale, d_mom_scale)
+        self.state.scales = (g_lr_scale, g_mom_scale, d_lr_scale, d_mom_scale)
         f = self.state.lr_factor
         apply_lr_momentum_scales(self.players.opt_g, g_lr_scale * f, g_mom_scale)
         apply_lr_momentum_scales(self.players.opt_d, d_lr_scale * f, d_mom_scale)
@@ -216,7 +232,7 @@ class Trainer:
                                   f"roll back to: lower the learning rates (--learning_rate_gen/--learning_rate_disc)")
         bad_step = s.step
         run_state.rollback(self.run_dir, s, self.players, self.runner, self.log)
-        self._apply_lrs(*self.scales)
+        self._apply_lrs(*s.scales)
         self.log(f"warning: {consecutive} consecutive non-finite steps at step {bad_step}: rolled back to step "
                  f"{s.step}, learning rates halved (factor {s.lr_factor:g})")
         self.tracker.log_scalars({"train/rollbacks": s.rollbacks, "train/lr_factor": s.lr_factor}, s.step)
@@ -277,5 +293,5 @@ class Trainer:
         return summary
 
 
-def train(cfg: Config, dist: DistInfo, device: torch.device) -> dict[str, Any]:
-    return Trainer(cfg, dist, device).fit()
+def train(cfg: Config, dist: DistInfo, device: torch.device, resume_from: ckpt.Checkpoint | None = None) -> dict[str, Any]:
+    return Trainer(cfg, dist, device, resume_from).fit()

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The quality measurements of docs/results.md on one GPU, on real footage at 64x64 (made by
+# ../shared/reference/peer/prep_gpu_data.py 64 .gpu/d64 train=... val=...; the peer's scripts copied to .gpu/peer/):
+#
+#   bash benchmarks/gpu_quality.sh sweep      ablations at once on one GPU with the peer, compared at equal steps
+#   bash benchmarks/gpu_quality.sh speed      the peer and some configurations alone for a short while: steps/s, set-up
+#   bash benchmarks/gpu_quality.sh final      the peer, then wubugen's recipe, each alone for SECONDS (equal GPU time)
+#
+# Carry .whl (PyAV and tomli-w wheels for the GPU image's python) and .gpu. Results: $OUT (default ./bench_out).
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench_out}
+mkdir -p "$OUT"
+site=/tmp/wubugen_site
+[ -d "$site" ] || python3 -m pip install --quiet --no-index --no-deps --target "$site" .whl/*.whl
+export PYTHONPATH="$PWD/src:$site" PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+D=.gpu/d64
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+git log --oneline -1 >> "$OUT/gpu.txt" 2>/dev/null
+[ -f /tmp/clips64.npz ] || python3 .gpu/peer/make_clips.py 64 /tmp/clips64.npz $D/train $D/val
+COMMON="--preset launcher --image_h 64 --image_w 64 --no-compile --optimizer riemannian_adam --batch_size 32
+ --no-disc_use_gaad_film_condition --no-q_controller_enabled --no-use_lpips_for_verification --log_interval 100
+ --val_interval 500 --save_interval 0 --max_steps 1000000 --wandb_log_train_recon_interval 0
+ --wandb_log_fixed_noise_samples_interval 0 --demo_num_samples 16"
+NEW="$COMMON --encoder_shallow_cnn_channels 64 --encoder_channels 256 --encoder_res_blocks 1 --gen_res_blocks 1
+ --encoder_targets_only --region_codes gated --augment_flip --disc_patch_logits --gan_weighting adaptive
+ --lambda_gan 0.1 --gan_start_step 500 --ema_decay 0.999"
+PIX="--region_codes gated --no-encoder_use_roi_align --encoder_pixel_patch_size 8"
+collect() {  # $1: a sweep folder -> its table, summary and the first run's final samples into $OUT
+  cp "$1/table.md" "$OUT/$2_table.md"; cp "$1/summary.json" "$OUT/$2_summary.json"
+}
+for s in ${*:-sweep}; do
+  case $s in
+    sweep)  # concurrent runs: compare at equal steps
+      python3 benchmarks/quality_sweep.py --data $D --out /tmp/sweep --seconds "${SECONDS_SWEEP:-330}" \
+        --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py \
+        --run "nocodes=$NEW --region_codes none" \
+        --run "nocodes_noema=$NEW --region_codes none --ema_decay 0" \
+        --run "nocodes_noflip=$NEW --region_codes none --no-augment_flip" \
+        --run "pix=$NEW $PIX" \
+        --run "pix_nogan=$NEW $PIX --lambda_gan 0" \
+        --run "pix_gan1=$NEW $PIX --lambda_gan 1" \
+        --run "pix_euclid=$NEW $PIX --wubu_euclidean" \
+        --run "pix_cw=$NEW $PIX --compile_wubu" | tee "$OUT/sweep.txt"
+      collect /tmp/sweep sweep
+      for r in pix pix_nogan; do cp /tmp/sweep/$r/samples/final_*.png "$OUT/samples_$r.png" 2>/dev/null; done ;;
+    speed)  # each alone for a short while: steps/s and set-up, to turn equal steps into equal GPU time
+      python3 benchmarks/quality_sweep.py --data $D --out /tmp/speed --seconds "${SECONDS_SPEED:-45}" --sequential \
+        --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py --run "nocodes=$NEW --region_codes none" \
+        --run "pix=$NEW $PIX" --run "pix_cw=$NEW $PIX --compile_wubu" | tee "$OUT/speed.txt"
+      collect /tmp/speed speed ;;
+    final)
+      python3 benchmarks/quality_sweep.py --data $D --out /tmp/final --seconds "${SECONDS_FINAL:-150}" --sequential \
+        --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py --run "recipe=$NEW ${RECIPE:-}" | tee "$OUT/final.txt"
+      collect /tmp/final final ;;
+    *) echo "unknown section $s (sweep speed final)"; exit 2 ;;
+  esac
+done
