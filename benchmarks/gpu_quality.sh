@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_quality.sh sweep      ablations at once on one GPU with the peer, compared at equal steps
 #   bash benchmarks/gpu_quality.sh speed      the peer and some configurations alone for a short while: steps/s, set-up
+#   bash benchmarks/gpu_quality.sh generalise KL weight, clipping, weight decay, Euclidean WuBu on the recipe, at once
 #   bash benchmarks/gpu_quality.sh final      the peer, then wubugen's recipe, each alone for SECONDS (equal GPU time)
 #
 # Carry .whl (PyAV and tomli-w wheels for the GPU image's python) and .gpu. Results: $OUT (default ./bench_out).
@@ -44,6 +45,14 @@ for s in ${*:-sweep}; do
         --run "pix_cw=$NEW $PIX --compile_wubu" | tee "$OUT/sweep.txt"
       collect /tmp/sweep sweep
       for r in pix pix_nogan; do cp /tmp/sweep/$r/samples/final_*.png "$OUT/samples_$r.png" 2>/dev/null; done ;;
+    generalise)  # the next questions (docs/results.md "Not yet done"): what closes the train/val gap, at equal steps
+      R="$NEW $PIX --ema_decay 0 --lambda_gan 1 --compile_wubu"
+      python3 benchmarks/quality_sweep.py --data $D --out /tmp/gen --seconds "${SECONDS_SWEEP:-330}" \
+        --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py \
+        --run "base=$R" --run "kl1e-3=$R --lambda_kl 1e-3" --run "kl6e-3=$R --lambda_kl 6e-3" \
+        --run "kl3e-2=$R --lambda_kl 3e-2" --run "noclip=$R --global_max_grad_norm 0" \
+        --run "wd0=$R --weight_decay 0" --run "euclid=$R --wubu_euclidean" | tee "$OUT/generalise.txt"
+      collect /tmp/gen generalise ;;
     speed)  # each alone for a short while: steps/s and set-up, to turn equal steps into equal GPU time
       python3 benchmarks/quality_sweep.py --data $D --out /tmp/speed --seconds "${SECONDS_SPEED:-45}" --sequential \
         --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py --run "nocodes=$NEW --region_codes none" \
@@ -53,6 +62,6 @@ for s in ${*:-sweep}; do
       python3 benchmarks/quality_sweep.py --data $D --out /tmp/final --seconds "${SECONDS_FINAL:-150}" --sequential \
         --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py --run "recipe=$NEW ${RECIPE:-}" | tee "$OUT/final.txt"
       collect /tmp/final final ;;
-    *) echo "unknown section $s (sweep speed final)"; exit 2 ;;
+    *) echo "unknown section $s (sweep generalise speed final)"; exit 2 ;;
   esac
 done
