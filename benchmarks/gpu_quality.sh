@@ -59,7 +59,7 @@ for s in ${*:-sweep}; do
         --run "pix=$NEW $PIX" --run "pix_cw=$NEW $PIX --compile_wubu" | tee "$OUT/speed.txt"
       collect /tmp/speed speed ;;
     final)
-      python3 benchmarks/quality_sweep.py --data $D --out /tmp/final --seconds "${SECONDS_FINAL:-150}" --sequential \
+      python3 benchmarks/quality_sweep.py --data $D --out /tmp/final --seconds "${SECONDS_FINAL:-150}" --sequential --prebuild 64 \
         --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py --run "recipe=$NEW ${RECIPE:-}" | tee "$OUT/final.txt"
       collect /tmp/final final ;;
     *) echo "unknown section $s (sweep generalise speed final)"; exit 2 ;;

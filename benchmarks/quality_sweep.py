@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer_script", type=Path, default=PEER, help="peer_vae.py (default: ../shared's)")
     ap.add_argument("--sequential", action="store_true", help="one run at a time (each has the GPU to itself)")
     ap.add_argument("--run", action="append", default=[], metavar="NAME='flags'")
+    ap.add_argument("--prebuild", type=int, default=0, metavar="SIZE",
+                    help="decode the footage into wubugen's frame cache at SIZE x SIZE before any timer starts, as the "
+                         "peer's clip file is made before its own (0: each run decodes inside its budget)")
     args = ap.parse_args(argv)
     runs = parse_runs(args.run)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -98,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, flags in runs.items():
         jobs.append((name, train_command(name, flags, args.data, args.out, args.seconds), args.out / f"{name}.log"))
 
+    if args.prebuild:
+        for split in ("train", "val"):
+            subprocess.run([sys.executable, "-m", "wubugen", "data", "inspect", str(args.data / split), "--image_h",
+                            str(args.prebuild), "--image_w", str(args.prebuild)], check=True, env=env, cwd=REPO,
+                           stdout=subprocess.DEVNULL)
     starts: dict[str, float] = {}
     codes: dict[str, int] = {}
 
