@@ -45,13 +45,14 @@ for s in ${*:-sweep}; do
         --run "pix_cw=$NEW $PIX --compile_wubu" | tee "$OUT/sweep.txt"
       collect /tmp/sweep sweep
       for r in pix pix_nogan; do cp /tmp/sweep/$r/samples/final_*.png "$OUT/samples_$r.png" 2>/dev/null; done ;;
-    generalise)  # the next questions (docs/results.md "Not yet done"): what closes the train/val gap, at equal steps
-      R="$NEW $PIX --ema_decay 0 --lambda_gan 1 --compile_wubu"
-      python3 benchmarks/quality_sweep.py --data $D --out /tmp/gen --seconds "${SECONDS_SWEEP:-330}" \
+    generalise)  # the next questions (docs/results.md "Not yet done"): what closes the gap to the peer, at equal steps
+      R="$NEW --region_codes none --ema_decay 0 --lambda_gan 1 --val_interval 600"
+      python3 benchmarks/quality_sweep.py --data $D --out /tmp/gen --seconds "${SECONDS_SWEEP:-330}" --prebuild 64 \
         --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py \
         --run "base=$R" --run "kl1e-3=$R --lambda_kl 1e-3" --run "kl6e-3=$R --lambda_kl 6e-3" \
-        --run "kl3e-2=$R --lambda_kl 3e-2" --run "noclip=$R --global_max_grad_norm 0" \
-        --run "wd0=$R --weight_decay 0" --run "euclid=$R --wubu_euclidean" | tee "$OUT/generalise.txt"
+        --run "noclip=$R --global_max_grad_norm 0" --run "nogan=$R --lambda_gan 0" \
+        --run "wd1e-2=$R --weight_decay 1e-2" --run "pix_cw=$R $PIX --compile_wubu" \
+        --run "pix_cw_euclid=$R $PIX --compile_wubu --wubu_euclidean" | tee "$OUT/generalise.txt"
       collect /tmp/gen generalise ;;
     speed)  # each alone for a short while: steps/s and set-up, to turn equal steps into equal GPU time
       python3 benchmarks/quality_sweep.py --data $D --out /tmp/speed --seconds "${SECONDS_SPEED:-45}" --sequential \

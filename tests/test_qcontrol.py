@@ -351,8 +351,8 @@ def test_lambda_kl_stays_in_band(base, band, lo, hi):
 
 @pytest.mark.parametrize("scale, edge", [(1.06, 4e-3), (0.94, 2.5e-4)])
 def test_lambda_kl_saturates_at_band_edge(monkeypatch, scale, edge):
-    monkeypatch.setattr(qc, "LAMBDA_KL_SCALE_OPTIONS", (scale,) * 5)  # every action pushes the same way
-    lk = LambdaKLController(1e-3, 4.0, 1e-6, 0.5, seed=12, higher_is_better=True)
+    settings = qc.QSettings(lambda_kl_scale_options=(scale,) * 5)  # every action pushes the same way
+    lk = LambdaKLController(1e-3, 4.0, 1e-6, 0.5, seed=12, higher_is_better=True, settings=settings)
     for i in range(100):
         lam = lk.decide(interval(), 20.0 + i)
     assert lam == pytest.approx(edge)

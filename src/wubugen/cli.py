@@ -17,6 +17,7 @@ COMMANDS = (
     "wubugen.train.commands",
     "wubugen.train.phases",
     "wubugen.eval.commands",
+    "wubugen.track.commands",
 )
 
 

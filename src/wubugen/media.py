@@ -164,6 +164,73 @@ def clip_grid(clips: Tensor | np.ndarray) -> np.ndarray:
     return _join(rows, axis=0)
 
 
+MIN_FRAME_PX = 128  # labelled strips scale frames up (nearest) until they are at least this big
+GROUP_GAP_PX = 10
+LABEL_PX = 22
+LABEL_BG, LABEL_FG, GAP_VALUE = 255, 30, 200
+
+
+def upscale_factor(h: int, w: int, min_px: int = MIN_FRAME_PX) -> int:
+    """The integer factor that makes an h x w frame at least `min_px` on its short side (1 for big frames)."""
+    return max(1, -(-min_px // max(1, min(h, w))))
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable font
+    except TypeError:  # pragma: no cover - older Pillow: the small bitmap font
+        return ImageFont.load_default()
+
+
+def labelled_grid(groups: list[tuple[str, Tensor | np.ndarray]], scale: int | None = None) -> np.ndarray:
+    """Clips in labelled column groups, one row per clip: groups = [(label, (N, T_i, C, H, W) uint8), ...] with the
+    same N, C, H, W (e.g. context | target | reconstruction). A group's frames sit side by side under its label,
+    groups apart by a wider grey gap; frames are scaled up by `scale` (nearest neighbour; default: until a frame is at
+    least MIN_FRAME_PX on its short side), so 32 or 64 px clips can be seen. -> (H', W', 3) uint8."""
+    from PIL import Image, ImageDraw
+
+    arrays = [_rgb_last(_as_uint8_array(c, 5, f"clips of {label!r}").transpose(0, 1, 3, 4, 2)) for label, c in groups]
+    if not arrays:
+        raise ValueError("no clips to lay out")
+    n, _, h, w, _ = arrays[0].shape
+    if any(a.shape[0] != n or a.shape[2:] != (h, w, 3) for a in arrays):
+        raise ValueError("every group needs the same number of clips and frame size")
+    k = scale or upscale_factor(h, w)
+    font = _font(LABEL_PX - 8)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    blocks = []
+    for (label, _), a in zip(groups, arrays):
+        a = a.repeat(k, axis=2).repeat(k, axis=3)  # (N, T, kH, kW, 3)
+        block = _join([_join(list(clip), axis=1) for clip in a], axis=0)
+        left, _, right, _ = measure.textbbox((0, 0), label, font=font)
+        extra = max(0, right - left + 8 - block.shape[1])  # a label wider than its frames: pad them on both sides
+        if extra:
+            block = np.pad(block, ((0, 0), (extra // 2, extra - extra // 2), (0, 0)), constant_values=LABEL_BG)
+        blocks.append(block)
+    gap = np.full((blocks[0].shape[0], GROUP_GAP_PX, 3), GAP_VALUE, np.uint8)
+    body = np.concatenate([x for i, b in enumerate(blocks) for x in ((gap, b) if i else (b,))], axis=1)
+    header = Image.new("RGB", (body.shape[1], LABEL_PX), (LABEL_BG,) * 3)
+    draw = ImageDraw.Draw(header)
+    x = 0
+    for (label, _), b in zip(groups, blocks):
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        draw.text((x + max(0, (b.shape[1] - (right - left)) // 2), (LABEL_PX - (bottom - top)) // 2 - top), label,
+                  fill=(LABEL_FG,) * 3, font=font)
+        x += b.shape[1] + GROUP_GAP_PX
+    return np.concatenate([np.asarray(header), body], axis=0)
+
+
+def labelled_video(groups: list[tuple[str, Tensor | np.ndarray]], scale: int | None = None) -> np.ndarray:
+    """`labelled_grid` frame by frame: every group (N, T, C, H, W) with the same T -> (T, H', W', 3) uint8 frames."""
+    lengths = {np.asarray(c).shape[1] if not isinstance(c, Tensor) else c.shape[1] for _, c in groups}
+    if len(lengths) != 1:
+        raise ValueError(f"every group of a video needs the same number of frames, got {sorted(lengths)}")
+    (t,) = lengths
+    return np.stack([labelled_grid([(label, c[:, i:i + 1]) for label, c in groups], scale) for i in range(t)])
+
+
 def tile_clips(clips: Tensor | np.ndarray) -> np.ndarray:
     """(N, T, C, H, W) uint8 -> (T, H, N*W + (N-1)*2, 3) uint8: the N clips side by side in every frame."""
     a = _rgb_last(_as_uint8_array(clips, 5, "clips").transpose(0, 1, 3, 4, 2))  # (N, T, H, W, 3)

@@ -48,6 +48,8 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
     try:
         if origin is list:
             (elem,) = get_args(inner)
+            if isinstance(value, dict):  # a TOML table of NAME = VALUE (--reward_weights)
+                value = [f"{k}={v}" for k, v in value.items()]
             items = value if isinstance(value, (list, tuple)) else str(value).replace(",", " ").split()
             return [_coerce(name, elem, v) for v in items]
         if origin is Literal:

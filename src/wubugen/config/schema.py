@@ -37,6 +37,7 @@ GROUPS = {  # the --help sections, in order; a field's group defaults to its TOM
     "train": "training: length, losses, optimizers, non-finite steps",
     "qcontrol": "Q-control: the learning-rate, momentum and lambda_kl controllers",
     "checkpoints": "checkpoints, phases and validation",
+    "health": "health monitor: the training guide's troubleshooting rules (its section 6) watched live",
     "log": "logging: console, W&B, TensorBoard, samples",
     "speed": "speed: device, precision, compilation, CUDA graphs, memory",
 }
@@ -400,6 +401,34 @@ class TrainConfig:
     max_lambda_kl_q_control: float = opt(0.5, "highest lambda_kl the controller may choose", ">= 0", group="qcontrol")
     lambda_kl_band: float = opt(
         4.0, "the controlled lambda_kl stays within [phase value / band, phase value * band]", ">= 1", group="qcontrol")
+    # the guide's section 6 ("narrow lr_scale_options" against exploding losses) and 7 ("tune reward_weights")
+    lr_scale_options: list[float] = opt(
+        [0.8, 0.9, 1.0, 1.1, 1.2], "the scales of the base learning rate a Q-controller chooses among (the guide: "
+        "narrow them against exploding losses)", "> 0", group="qcontrol", common=True)
+    momentum_scale_options: list[float] = opt(
+        [0.95, 0.98, 1.0, 1.01, 1.02], "the scales of the base momentum a Q-controller chooses among (riemannian_sgd)",
+        "> 0", group="qcontrol")
+    lambda_kl_scale_options: list[float] = opt(
+        [0.94, 0.97, 1.0, 1.03, 1.06], "the factors the lambda_kl controller multiplies lambda_kl by, one per decision",
+        "> 0", group="qcontrol")
+    reward_weights: list[str] = opt(
+        [], "NAME=VALUE overrides of the Q-controllers' reward weights (the guide: tune them for specific behaviours), "
+        "e.g. g_recon_improvement=3.0 d_balance_target=1.0; in TOML a table or a list of NAME=VALUE; names: "
+        "g_recon_improvement, g_adv_improvement, g_kl_control_penalty, g_loss_stability, d_balance_target, "
+        "d_real_low_bonus, d_fake_low_meaningful_bonus, d_loss_stability, gan_balance_g_bonus, gan_balance_d_penalty, "
+        "oscillation_penalty, extreme_loss_penalty, lambda_kl_recon_focus, lambda_kl_kl_target_range, "
+        "lambda_kl_val_metric_improvement, lambda_kl_stability_penalty", group="qcontrol", common=True,
+        metavar="NAME=VALUE")
+    q_learning_rate: float = opt(0.01, "the Q-learning step size (alpha) of every controller", "(0, 1]",
+                                 group="qcontrol")
+    q_discount: float = opt(0.9, "the Q-learning discount factor (gamma)", "[0, 1]", group="qcontrol")
+    q_epsilon_start: float = opt(0.5, "the controllers' initial exploration rate (epsilon)", "[0, 1]", group="qcontrol")
+    q_epsilon_min: float = opt(0.05, "the lowest exploration rate epsilon decays to", "[0, 1]", group="qcontrol")
+    q_epsilon_decay: float = opt(
+        0.9995, "epsilon's factor per learning-rate/momentum decision", "(0, 1]", group="qcontrol")
+    q_lambda_kl_epsilon_decay: float = opt(
+        0.955, "epsilon's factor per lambda_kl decision (one per validation: faster than the others)", "(0, 1]",
+        group="qcontrol")
     # reliability
     max_consecutive_nonfinite: int = opt(
         20, "non-finite steps in a row after which the run rolls back to its last checkpoint with halved learning "
@@ -407,6 +436,23 @@ class TrainConfig:
     detect_anomaly: bool = opt(
         False, "autograd anomaly detection: names the operation that made a NaN (very slow; for one diagnostic run)",
         common=True)
+    # health monitor (train/health.py): rules over the values already read at log intervals and validations
+    health_checks: bool = opt(
+        True, "watch the logged losses and validation metrics with the guide's troubleshooting rules: each finding is "
+        "one console line (symptom, values, diagnosis, action) and a health/... event in every tracker",
+        group="health", common=True)
+    auto_remedy: bool = opt(
+        False, "when a health rule fires, apply the guide's action (lower D's learning rate, lower lambda_gan for a "
+        "while, lower lambda_kl, ...) and log what was done", group="health", common=True)
+    health_window: int = opt(
+        20, "logged values (one per --log_interval steps) a rule looks at, e.g. D's loss near ln 2 over this many "
+        "logs", ">= 2", group="health")
+    health_phase1_ranges: bool = opt(
+        True, "also check the guide's Phase-1 ranges: D_tot in [0.3, 0.65], D_real and D_fake below 0.7 (its later "
+        "phases expect D to leave them: the guide's plan turns this off after Phase 1)", group="health")
+    health_remedy_steps: int = opt(
+        0, "how long a temporary remedy (a lower lambda_gan) lasts, in optimizer steps; 0: --health_window x "
+        "--log_interval", ">= 0", group="health")
     # checkpoints
     checkpoint_dir: str = opt(
         "runs/latest", "the run directory: checkpoints, metrics, samples and the summary",
@@ -439,6 +485,17 @@ class TrainConfig:
     val_primary_metric: Literal["avg_val_recon_mse", "avg_val_psnr", "avg_val_ssim", "avg_val_lpips"] = opt(
         "avg_val_psnr", "the validation metric that picks the best checkpoint and rewards the lambda_kl controller "
         "(lower is better for MSE and LPIPS)", group="checkpoints", common=True)
+    # the guide's "when to proceed" (train/stopping.py): a phase may end on a plateau or a threshold of the metric
+    stop_plateau_patience: int = opt(
+        0, "> 0: end the run when the best --val_primary_metric gained less than --stop_plateau_min_delta over this "
+        "many validations (the guide's plateau: phase 1 ends when reconstruction stops improving); 0: off", ">= 0",
+        group="checkpoints", common=True)
+    stop_plateau_min_delta: float = opt(
+        0.2, "the gain --stop_plateau_patience counts as progress, in the metric's unit (dB for PSNR)", ">= 0",
+        group="checkpoints")
+    stop_metric_threshold: float | None = opt(
+        None, "end the run once --val_primary_metric reaches this (PSNR, SSIM: at or above; MSE, LPIPS: at or below; "
+        "the guide: PSNR > 20-22 dB before Phase 3); none: off", group="checkpoints", common=True)
     use_lpips_for_verification: bool = opt(
         False, "also compute LPIPS (AlexNet) in validation; needs its weights (--lpips_weights or the torch hub cache)",
         group="checkpoints", common=True)
@@ -643,6 +700,19 @@ def validate(cfg: Config) -> None:
         raise ConfigError("temporal kernel sizes must be odd so the time axis keeps its length")
     if len(t.adam_betas) != 2:
         raise ConfigError("--adam_betas takes two values in [0, 1)")
+    for name in ("lr_scale_options", "momentum_scale_options", "lambda_kl_scale_options"):
+        if not getattr(t, name):
+            raise ConfigError(f"--{name} needs at least one value")
+    for pair in t.reward_weights:
+        name, sep, value = pair.partition("=")
+        try:
+            ok = bool(sep) and bool(name.strip()) and math.isfinite(float(value))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"--reward_weights takes NAME=VALUE pairs with finite values, not {pair!r}")
+    if t.q_epsilon_min > t.q_epsilon_start:
+        raise ConfigError("--q_epsilon_min must not exceed --q_epsilon_start")
     if t.min_lambda_kl_q_control > t.max_lambda_kl_q_control:
         raise ConfigError("--min_lambda_kl_q_control must not exceed --max_lambda_kl_q_control")
     if t.resume and t.load_checkpoint:

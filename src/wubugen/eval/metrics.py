@@ -206,3 +206,42 @@ class VideoMetrics:
             "avg_val_ssim": s_ssim / n,
             "avg_val_lpips": s_lpips / n if self.lpips is not None else None,
         }
+
+
+class ColourStats:
+    """Per-channel mean and spread of predictions against targets, accumulated on the device: what tells a colour cast
+    or washed-out output from a merely blurry one (the health monitor's noise/colour-cast rule).
+
+    update(pred, target): (B, T, C, H, W) in [-1, 1]. sums(): [n, sum p, sum p^2, sum q, sum q^2 per channel] (all_reduce-
+    able). compute(sums): {"color_mean_gap": the largest |mean_pred - mean_target| of a channel, in [0, 1] units,
+    "color_std_ratio": the smallest std_pred / std_target of a channel}.
+    """
+
+    def __init__(self, device: str | torch.device, channels: int) -> None:
+        self.device = torch.device(device)
+        self.channels = channels
+        self.dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self._sums = torch.zeros(1 + 4 * channels, dtype=self.dtype, device=self.device)
+
+    @torch.no_grad()
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        c = self.channels
+        p = ((pred.detach().float().clamp(-1, 1) + 1) * 0.5).transpose(0, 2).reshape(c, -1).to(self.dtype)
+        q = ((target.detach().float().clamp(-1, 1) + 1) * 0.5).transpose(0, 2).reshape(c, -1).to(self.dtype)
+        n = torch.full((1,), float(p.shape[1]), dtype=self.dtype, device=p.device)
+        self._sums += torch.cat([n, p.sum(1), p.pow(2).sum(1), q.sum(1), q.pow(2).sum(1)]).to(self.device)
+
+    def sums(self) -> Tensor:
+        return self._sums.clone()
+
+    def compute(self, sums: Tensor | None = None) -> dict[str, float | None]:
+        v = (self._sums if sums is None else sums).tolist()
+        n, c = v[0], self.channels
+        if n <= 0:
+            return {"color_mean_gap": None, "color_std_ratio": None}
+        sp, sp2, sq, sq2 = (v[1 + i * c:1 + (i + 1) * c] for i in range(4))
+        mp, mq = [x / n for x in sp], [x / n for x in sq]
+        std_p = [math.sqrt(max(0.0, x / n - m * m)) for x, m in zip(sp2, mp)]
+        std_q = [math.sqrt(max(0.0, x / n - m * m)) for x, m in zip(sq2, mq)]
+        return {"color_mean_gap": max(abs(a - b) for a, b in zip(mp, mq)),
+                "color_std_ratio": min(a / max(b, 1e-6) for a, b in zip(std_p, std_q))}

@@ -1,7 +1,8 @@
 """The tracker interface the trainer talks to, a fan-out, and a no-op for non-zero DDP ranks.
 
 The same keys go to every tracker (DESIGN §5), so a local run and a W&B run read alike.
-Images are uint8 (H, W, C); videos uint8 (T, H, W, C); C is 1 or 3.
+Images are uint8 (H, W, C); videos uint8 (T, H, W, C); C is 1 or 3. Events are one line of text under a key (the health
+monitor's findings, `health/<rule>`): local events.jsonl, W&B an HTML panel, TensorBoard a text summary.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ class Tracker(Protocol):
     def log_video(self, key: str, frames: np.ndarray, step: int, fps: int = 8) -> None:
         """frames: uint8 (T, H, W, C)."""
 
+    def log_event(self, key: str, text: str, step: int) -> None:
+        """One line of text under `key` at `step` (e.g. health/d_guessing: symptom, values, diagnosis, action)."""
+
     def finish(self) -> None:
         """Flush and close. Safe to call twice."""
 
@@ -35,6 +39,9 @@ class NullTracker:
         pass
 
     def log_video(self, key: str, frames: np.ndarray, step: int, fps: int = 8) -> None:
+        pass
+
+    def log_event(self, key: str, text: str, step: int) -> None:
         pass
 
     def finish(self) -> None:
@@ -58,6 +65,10 @@ class MultiTracker:
     def log_video(self, key: str, frames: np.ndarray, step: int, fps: int = 8) -> None:
         for t in self.trackers:
             t.log_video(key, frames, step, fps)
+
+    def log_event(self, key: str, text: str, step: int) -> None:
+        for t in self.trackers:
+            t.log_event(key, text, step)
 
     def finish(self) -> None:
         # Every tracker gets its finish even if an earlier one fails; the first failure is raised afterwards.

@@ -2,6 +2,7 @@
 
     <run>/metrics.jsonl            one JSON object per log_scalars call: {"step": 50, "time": 1712345678.9, "values": {...}}
     <run>/media.jsonl              one line per image/video: {"step", "time", "key", "path", "caption"}
+    <run>/events.jsonl             one line per event (health findings): {"step", "time", "key", "text"}
     <run>/media/<key>/step_<n>.png|.gif|.mp4    key with "/" replaced by "_" (samples/train_recon -> samples_train_recon)
 
 The JSON is strict (readable by jq and any JSON parser): non-finite values are written as the strings "nan", "inf",
@@ -23,6 +24,7 @@ from wubugen.media import save_gif, save_mp4, save_png
 
 METRICS_FILE = "metrics.jsonl"
 MEDIA_INDEX_FILE = "media.jsonl"
+EVENTS_FILE = "events.jsonl"
 MEDIA_DIR = "media"
 
 
@@ -52,6 +54,7 @@ class LocalTracker:
         self.video_format = video_format
         self._metrics = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")
         self._media_index = open(self.run_dir / MEDIA_INDEX_FILE, "a", encoding="utf-8")
+        self._events = open(self.run_dir / EVENTS_FILE, "a", encoding="utf-8")
 
     @staticmethod
     def _write(f, obj: dict[str, Any]) -> None:
@@ -77,7 +80,10 @@ class LocalTracker:
         (save_gif if self.video_format == "gif" else save_mp4)(path, frames, fps)
         self._index(key, path, step, "")
 
+    def log_event(self, key: str, text: str, step: int) -> None:
+        self._write(self._events, {"step": int(step), "time": time.time(), "key": key, "text": text})
+
     def finish(self) -> None:
-        for f in (self._metrics, self._media_index):
+        for f in (self._metrics, self._media_index, self._events):
             if not f.closed:
                 f.close()

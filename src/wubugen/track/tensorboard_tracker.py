@@ -48,5 +48,8 @@ class TensorBoardTracker:
         summary = self._Summary(value=[self._Summary.Value(tag=key, image=image)])
         self.writer._get_file_writer().add_summary(summary, int(step))
 
+    def log_event(self, key: str, text: str, step: int) -> None:
+        self.writer.add_text(key, text, int(step))
+
     def finish(self) -> None:
         self.writer.close()

@@ -74,6 +74,11 @@ class WandbTracker:
         video = self._wandb.Video(io.BytesIO(gif_bytes(frames, fps)), format="gif")
         self.run.log({key: video}, step=int(step))
 
+    def log_event(self, key: str, text: str, step: int) -> None:
+        import html
+
+        self.run.log({key: self._wandb.Html(f"<p>step {int(step)}: {html.escape(text)}</p>")}, step=int(step))
+
     def finish(self) -> None:
         if not self._finished:
             self._finished = True

@@ -14,7 +14,7 @@ from torch import Tensor
 from wubugen.config import config_toml
 from wubugen.eval.loop import metric_pass
 from wubugen.eval.metrics import LPIPSMetric
-from wubugen.media import atomic_write_text, clip_grid, save_clips, to_uint8
+from wubugen.media import atomic_write_text, labelled_grid, labelled_video, save_clips, to_uint8
 from wubugen.track.base import Tracker
 from wubugen.track.report import plot_losses
 from wubugen.train.distributed import DistInfo, all_reduce_sum
@@ -51,10 +51,28 @@ def rng_fork(device: torch.device):
     return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
-def pairs_grid(target: Tensor, recon: Tensor) -> np.ndarray:
-    """A PNG-ready grid whose rows alternate ground truth and reconstruction. (N, T, C, H, W) each in [-1, 1]."""
-    pairs = torch.stack([target.float(), recon.float()], 1).flatten(0, 1)
-    return clip_grid(to_uint8(pairs).cpu())
+def _u8(x: Tensor) -> Tensor:
+    return to_uint8(x.float()).cpu()
+
+
+def strip(context: Tensor, target: Tensor, recon: Tensor, task: str) -> np.ndarray:
+    """A labelled PNG-ready strip, one row per clip: context | target | reconstruction (or prediction), frames scaled
+    up to be seen. (N, T_i, C, H, W) each in [-1, 1]."""
+    made = "prediction" if task == "predict" else "reconstruction"
+    return labelled_grid([("context", _u8(context)), ("target", _u8(target)), (made, _u8(recon))])
+
+
+def strip_video(context: Tensor, target: Tensor, recon: Tensor) -> np.ndarray:
+    """The real window beside the context followed by the model's frames, as (T, H, W, 3) video frames."""
+    return labelled_video([("real", _u8(torch.cat([context, target], 1))),
+                           ("model", _u8(torch.cat([context, recon.to(context.dtype)], 1)))])
+
+
+def log_strips(tracker: Tracker, name: str, shown: tuple[Tensor, Tensor, Tensor], task: str, step: int) -> None:
+    """A labelled strip as samples/<name> and its video as videos/<name>."""
+    made = "prediction" if task == "predict" else "reconstruction"
+    tracker.log_images(f"samples/{name}", strip(*shown, task), step, caption=f"context | target | {made}")
+    tracker.log_video(f"videos/{name}", strip_video(*shown), step, fps=4)
 
 
 @torch.no_grad()
@@ -75,12 +93,12 @@ def validate(players: Players, runner: StepRunner, val, dist: DistInfo, lpips: L
                          max_batches=cfg.train.val_max_batches, keep=cfg.log.num_val_samples_to_log)
         model.train()
     result = ev.metrics.compute(all_reduce_sum(ev.metrics.sums(), dist))
+    result.update(ev.colour.compute(all_reduce_sum(ev.colour.sums(), dist)))
     if ev.copy_last is not None:
         base = ev.copy_last.compute(all_reduce_sum(ev.copy_last.sums(), dist))
         result.update({f"copy_last_{k}": v for k, v in base.items() if v is not None})
     if ev.shown is not None and dist.is_main:  # keep=num_val_samples_to_log: None when that is 0
-        tracker.log_images("samples/val_reconstruction_samples", pairs_grid(*ev.shown), step,
-                           caption="rows: ground truth, reconstruction (from mu)")
+        log_strips(tracker, "val_reconstruction_samples", ev.shown, cfg.model.task, step)
     return result
 
 
@@ -110,8 +128,13 @@ def log_fixed_noise(players: Players, runner: StepRunner, data, fixed_noise: Ten
     if n <= 0:
         return
     clips = sample_clips(players, runner, data, n, fixed_noise)
-    caption = "prior samples, fixed noise" if players.cfg.model.task == "reconstruct" else "context + predicted frames"
-    tracker.log_images("samples/fixed_noise_generated", clip_grid(clips), step, caption=caption)
+    if players.cfg.model.task == "reconstruct":
+        groups, caption = [("samples (fixed noise)", clips)], "prior samples, fixed noise"
+    else:
+        t_in = players.cfg.data.num_input_frames
+        groups, caption = [("context", clips[:, :t_in]), ("prediction", clips[:, t_in:])], "context | predicted frames"
+    tracker.log_images("samples/fixed_noise_generated", labelled_grid(groups), step, caption=caption)
+    tracker.log_video("videos/fixed_noise_generated", labelled_video([("samples", clips)]), step, fps=4)
 
 
 def log_train_recon(players: Players, runner: StepRunner, batch: Tensor, tracker: Tracker, step: int) -> None:
@@ -123,8 +146,8 @@ def log_train_recon(players: Players, runner: StepRunner, batch: Tensor, tracker
         with players.precision.autocast():
             out = model(clip, sample_posterior=False)
         model.train()
-    tracker.log_images("samples/train_recon", pairs_grid(out.target, out.recon), step,
-                       caption="rows: ground truth, reconstruction")
+    shown = (clip[:, :players.cfg.data.num_input_frames], out.target, out.recon)
+    log_strips(tracker, "train_recon", shown, players.cfg.model.task, step)
 
 
 def finish_run(players: Players, runner: StepRunner, data, run_dir: Path, summary: dict[str, Any], step: int) -> None:
@@ -138,3 +161,32 @@ def finish_run(players: Players, runner: StepRunner, data, run_dir: Path, summar
     if metrics_file.exists():
         plot_losses(metrics_file, run_dir / "report.png")
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def train_values(players: Players, state, runner: StepRunner, losses: dict[str, float], gn_g: Tensor, gn_d: Tensor,
+                 batches_per_epoch: int) -> dict[str, float | None]:
+    """What the trainer logs every --log_interval steps (the guide's keys, DESIGN §5): the interval's mean losses,
+    learning rates, lambda_kl, non-finite steps, the controllers' values (one host read, here)."""
+    p, s = players, state
+    values: dict[str, float | None] = {f"train/{k}": v for k, v in losses.items()}
+    values.update({
+        "train/lr_gen": p.opt_g.param_groups[0]["lr"], "train/lr_disc": p.opt_d.param_groups[0]["lr"],
+        "train/lambda_kl": s.lambda_kl,
+        "train/nonfinite_steps": s.nonfinite_total + int(runner.nonfinite_steps.item()),
+        "epoch_frac": s.epoch + s.batch_in_epoch / max(1, batches_per_epoch),
+    })
+    if p.cfg.log.log_grad_norm:
+        values["train/grad_norm_gen"] = float(gn_g)
+        values["train/grad_norm_disc"] = float(gn_d)
+    for name, ctrl in (("q_ctrl_gen", p.q_gen), ("q_ctrl_disc", p.q_disc), ("q_ctrl_lkl", p.q_lkl)):
+        if ctrl is not None:
+            values.update({f"{name}/{k}": v for k, v in ctrl.info().items()})
+    return values
+
+
+def progress_text(values: dict[str, float | None]) -> str:
+    """The progress bar's postfix: the guide's console names (G, D, D_real, D_fake, Adv, Rec, KL) and lambda_kl."""
+    v = values
+    return (f"G:{v['train/loss_g_total']:.3f} D:{v['train/loss_d_total']:.3f} "
+            f"D_real:{v['train/loss_d_real']:.3f} D_fake:{v['train/loss_d_fake']:.3f} Adv:{v['train/loss_g_adv']:.3f} "
+            f"Rec:{v['train/loss_recon']:.4f} KL:{v['train/loss_kl']:.3f} LKL:{v['train/lambda_kl']:.1e}")

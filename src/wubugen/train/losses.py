@@ -106,10 +106,13 @@ class VAEGANLoss:
     D: (real + fake) / 2 of the GAN kind's loss on [real target; detached reconstruction]
     """
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, device: torch.device | str = "cpu"):
         t = cfg.train
         self.lambda_recon = t.lambda_recon
         self.lambda_gan = t.lambda_gan
+        # a factor on the adversarial term that the health monitor's remedy may lower for a while (train/health.py):
+        # a device tensor, so a captured CUDA graph reads its current value; at 1 the objective is bit for bit the same
+        self.gan_scale = torch.ones((), device=device)
         self.gan_kind = t.gan_loss
         self.gan_start_step = t.gan_start_step
         self.adaptive = t.gan_weighting == "adaptive"
@@ -133,8 +136,8 @@ class VAEGANLoss:
         if adv_on and self.adaptive:
             return GeneratorTerms(total, rec, kl, adv, weight)  # the weight needs the gradients: backward_adaptive
         if adv_on:
-            total = total + self.lambda_gan * adv
-            weight = weight + self.lambda_gan
+            total = total + self.lambda_gan * (adv * self.gan_scale)
+            weight = weight + self.lambda_gan * self.gan_scale
         return GeneratorTerms(total, rec, kl, adv, weight)
 
     def backward_adaptive(self, g: GeneratorTerms, recon: Tensor, lambda_kl: float | Tensor,
@@ -146,7 +149,7 @@ class VAEGANLoss:
         rec_term = self.lambda_recon * g.recon
         rec_grad, = torch.autograd.grad(rec_term, recon, retain_graph=True)
         adv_grad, = torch.autograd.grad(g.adv, recon, retain_graph=True)
-        w = adaptive_gan_weight(rec_grad, adv_grad, self.lambda_gan, self.adaptive_max)
+        w = adaptive_gan_weight(rec_grad, adv_grad, self.lambda_gan, self.adaptive_max) * self.gan_scale
         kl_term = lambda_kl * g.kl
         torch.autograd.backward([recon, scale(kl_term)], [scale(rec_grad + w.to(adv_grad.dtype) * adv_grad), None])
         total = (rec_term + kl_term + w * g.adv).detach()

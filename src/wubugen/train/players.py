@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from wubugen.config import Config
+from wubugen.config import Config, ConfigError
 from wubugen.eval.metrics import HIGHER_IS_BETTER
 from wubugen.models.discriminator import build_discriminator
 from wubugen.models.layers import set_activation_checkpointing
@@ -19,7 +19,7 @@ from wubugen.train.distributed import DistInfo
 from wubugen.train.ema import EMA
 from wubugen.train.losses import VAEGANLoss
 from wubugen.train.optim import build_optimizer
-from wubugen.train.qcontrol import LambdaKLController, LRMomentumController
+from wubugen.train.qcontrol import LambdaKLController, LRMomentumController, QSettings, RewardWeights
 from wubugen.train.speed import (Precision, compile_player, compile_wubu_stacks, resolve_precision, speed_layout,
                                  use_compile_cache)
 
@@ -98,16 +98,30 @@ def build_players(cfg: Config, device: torch.device, dist: DistInfo | None = Non
         frozen_disc = compile_player(disc, t.compile_mode)
     players = players_from_modules(cfg, device, model, disc, model_step, disc_step, frozen_disc, precision)
     if t.q_controller_enabled:
-        players.q_gen = LRMomentumController("gen", seed=t.seed + 1)
-        players.q_disc = LRMomentumController("disc", seed=t.seed + 2)
+        settings = q_settings(cfg)
+        players.q_gen = LRMomentumController("gen", seed=t.seed + 1, settings=settings)
+        players.q_disc = LRMomentumController("disc", seed=t.seed + 2, settings=settings)
         if t.lambda_kl_update_interval > 0 and not t.min_lambda_kl_q_control <= t.lambda_kl <= t.max_lambda_kl_q_control:
             log(f"note: lambda_kl {t.lambda_kl:g} is outside [--min_lambda_kl_q_control, --max_lambda_kl_q_control]: "
                 "its Q-controller stays off")
         elif t.lambda_kl_update_interval > 0:
             players.q_lkl = LambdaKLController(t.lambda_kl, t.lambda_kl_band, t.min_lambda_kl_q_control,
                                                t.max_lambda_kl_q_control, seed=t.seed + 3,
-                                               higher_is_better=HIGHER_IS_BETTER[t.val_primary_metric])
+                                               higher_is_better=HIGHER_IS_BETTER[t.val_primary_metric],
+                                               settings=settings)
     return players
+
+
+def q_settings(cfg: Config) -> QSettings:
+    """The Q-controllers' settings from the options (--lr_scale_options, --reward_weights, --q_epsilon_*, ...)."""
+    t = cfg.train
+    try:
+        weights = RewardWeights.with_overrides(t.reward_weights)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return QSettings(tuple(t.lr_scale_options), tuple(t.momentum_scale_options), tuple(t.lambda_kl_scale_options),
+                     t.q_learning_rate, t.q_discount, t.q_epsilon_start, t.q_epsilon_min, t.q_epsilon_decay,
+                     t.q_lambda_kl_epsilon_decay, weights)
 
 
 def players_from_modules(cfg: Config, device: torch.device, model: WuBuGAADHybridGen, disc: nn.Module,
@@ -119,5 +133,5 @@ def players_from_modules(cfg: Config, device: torch.device, model: WuBuGAADHybri
     opt_g = build_optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], t.learning_rate_gen, t)
     opt_d = build_optimizer(t.optimizer, list(disc.parameters()), t.learning_rate_disc, t)
     return Players(cfg, device, precision or resolve_precision(cfg, device), model, disc, model_step or model,
-                   disc_step or disc, frozen_disc or disc, opt_g, opt_d, VAEGANLoss(cfg),
+                   disc_step or disc, frozen_disc or disc, opt_g, opt_d, VAEGANLoss(cfg, device),
                    EMA(model, t.ema_decay, t.ema_warmup) if t.ema_decay > 0 else None)

@@ -23,11 +23,11 @@ import math
 import random
 import statistics
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 __all__ = [
-    "EPS", "RewardWeights", "WEIGHTS", "GEN_KEYS", "DISC_KEYS",
+    "EPS", "RewardWeights", "WEIGHTS", "QSettings", "DEFAULT_SETTINGS", "GEN_KEYS", "DISC_KEYS",
     "digitize", "trend_bin", "previous_value", "sanitize_losses", "oscillation_penalty",
     "gen_reward", "disc_reward", "lr_mom_reward", "lambda_kl_reward",
     "gen_state", "disc_state", "lambda_kl_state", "encode_state", "decode_state",
@@ -54,7 +54,6 @@ LAMBDA_KL_HISTORY_LEN = 5
 REWARD_CLIP = 2.0
 Q_CLIP = 30.0
 REWARD_HISTORY_LEN = 100
-EPSILON_EDGES = (2 * EPSILON_MIN, 0.6 * EPSILON_START)
 NO_MOMENTUM_BIN = -1  # the momentum feature of an optimizer without momentum (Adam)
 
 GEN_KEYS = ("loss_g_total", "loss_recon", "loss_kl", "loss_g_adv", "loss_d_total")
@@ -62,7 +61,6 @@ DISC_KEYS = ("loss_d_total", "loss_g_total", "loss_d_real", "loss_d_fake", "loss
 LAMBDA_KL_KEYS = ("loss_recon", "loss_kl", "loss_d_total")
 
 LR, MOMENTUM, LAMBDA_KL = "lr_scale", "momentum_scale", "lambda_kl_scale"
-OPTIONS = {LR: LR_SCALE_OPTIONS, MOMENTUM: MOMENTUM_SCALE_OPTIONS, LAMBDA_KL: LAMBDA_KL_SCALE_OPTIONS}
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,50 @@ class RewardWeights:
     lambda_kl_stability_penalty: float = 0.5
 
 
+    @classmethod
+    def with_overrides(cls, pairs: Iterable[str]) -> "RewardWeights":
+        """The defaults with `NAME=VALUE` overrides (`--reward_weights`); an unknown name is a ValueError naming the
+        known ones."""
+        known = {f.name for f in fields(cls)}
+        values: dict[str, float] = {}
+        for pair in pairs:
+            name, sep, value = str(pair).partition("=")
+            name = name.strip()
+            if not sep or name not in known:
+                raise ValueError(f"--reward_weights: {pair!r} is not NAME=VALUE with NAME one of {', '.join(sorted(known))}")
+            values[name] = float(value)
+        return replace(cls(), **values)
+
+
 WEIGHTS = RewardWeights()
+
+
+@dataclass(frozen=True)
+class QSettings:
+    """What a user may set of the controllers (the guide §6-7: `lr_scale_options`, `reward_weights`, ...); the
+    defaults are the original's DEFAULT_CONFIG_QLEARN_HYBRID."""
+
+    lr_scale_options: tuple[float, ...] = LR_SCALE_OPTIONS
+    momentum_scale_options: tuple[float, ...] = MOMENTUM_SCALE_OPTIONS
+    lambda_kl_scale_options: tuple[float, ...] = LAMBDA_KL_SCALE_OPTIONS
+    alpha: float = ALPHA
+    gamma: float = GAMMA
+    epsilon_start: float = EPSILON_START
+    epsilon_min: float = EPSILON_MIN
+    epsilon_decay: float = EPSILON_DECAY
+    lambda_kl_epsilon_decay: float = LAMBDA_KL_EPSILON_DECAY
+    weights: RewardWeights = WEIGHTS
+
+    def options(self, action_type: str) -> tuple[float, ...]:
+        return {LR: self.lr_scale_options, MOMENTUM: self.momentum_scale_options,
+                LAMBDA_KL: self.lambda_kl_scale_options}[action_type]
+
+    @property
+    def epsilon_edges(self) -> tuple[float, float]:
+        return (2 * self.epsilon_min, 0.6 * self.epsilon_start)
+
+
+DEFAULT_SETTINGS = QSettings()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -340,11 +381,13 @@ def _isclose(a: float, b: float) -> bool:
 class _QAgent:
     """Q-table, epsilon-greedy choice, factorised update, pruning and the seeded RNG."""
 
-    def __init__(self, seed: int, action_types: tuple[str, ...], epsilon_decay: float = EPSILON_DECAY) -> None:
+    def __init__(self, seed: int, action_types: tuple[str, ...], epsilon_decay: float = EPSILON_DECAY,
+                 settings: QSettings = DEFAULT_SETTINGS) -> None:
         self.action_types = action_types
         self.epsilon_decay = epsilon_decay
+        self.settings = settings
         self.rng = random.Random(seed)
-        self.epsilon = EPSILON_START
+        self.epsilon = settings.epsilon_start
         self.q: dict[str, dict[str, list[float]]] = {}
         self.meta: dict[str, list[int]] = {}  # key -> [access count, created at, last access] on the decision clock
         self.clock = 0
@@ -353,19 +396,19 @@ class _QAgent:
         self.prev_action: dict[str, int] | None = None
 
     def epsilon_bin(self) -> int:
-        return digitize(self.epsilon, EPSILON_EDGES)
+        return digitize(self.epsilon, self.settings.epsilon_edges)
 
     def touch(self, key: str) -> None:
         self.clock += 1
         if key not in self.q:
-            self.q[key] = {t: [0.0] * len(OPTIONS[t]) for t in self.action_types}
+            self.q[key] = {t: [0.0] * len(self.settings.options(t)) for t in self.action_types}
             self.meta[key] = [0, self.clock, self.clock]
         self.meta[key][0] += 1
         self.meta[key][2] = self.clock
 
     def choose(self, key: str, types: Iterable[str]) -> dict[str, int]:
         """Decay epsilon once, then pick an option index per action type independently."""
-        self.epsilon = max(EPSILON_MIN, self.epsilon * self.epsilon_decay)
+        self.epsilon = max(self.settings.epsilon_min, self.epsilon * self.epsilon_decay)
         action = {}
         for t in types:
             qs = self.q[key][t]
@@ -385,9 +428,9 @@ class _QAgent:
             return
         for t, idx in self.prev_action.items():
             nxt = [q for q in self.q.get(next_key, {}).get(t, []) if math.isfinite(q)]
-            target = reward + GAMMA * (max(nxt) if nxt else 0.0)
+            target = reward + self.settings.gamma * (max(nxt) if nxt else 0.0)
             old = self.q[self.prev_state][t][idx]
-            new = _clip(old + ALPHA * (target - old), Q_CLIP)
+            new = _clip(old + self.settings.alpha * (target - old), Q_CLIP)
             if math.isfinite(new):
                 self.q[self.prev_state][t][idx] = new
 
@@ -464,12 +507,13 @@ class LRMomentumController:
     `momentum=None` (Adam) the momentum action is not taken and its scale is 1.0.
     """
 
-    def __init__(self, role: str, seed: int) -> None:
+    def __init__(self, role: str, seed: int, settings: QSettings = DEFAULT_SETTINGS) -> None:
         if role not in ("gen", "disc"):
             raise ValueError(f"role must be 'gen' or 'disc', got {role!r}")
         self.role = role
         self.keys = GEN_KEYS if role == "gen" else DISC_KEYS
-        self._agent = _QAgent(seed, (LR, MOMENTUM))
+        self.settings = settings
+        self._agent = _QAgent(seed, (LR, MOMENTUM), settings.epsilon_decay, settings)
         self._hist = _histories(self.keys, HISTORY_LEN)
         self._scales = (1.0, 1.0)
         self.last_state: State | None = None  # the state of the latest decision, for logs and tests
@@ -492,15 +536,15 @@ class LRMomentumController:
         a.touch(key)
         first = a.prev_state is None
         if not first:
-            a.learn(lr_mom_reward(self.role, cur, self._hist, lam, a.reward_hist), key)
+            a.learn(lr_mom_reward(self.role, cur, self._hist, lam, a.reward_hist, self.settings.weights), key)
         _append(self._hist, cur, first)
         types = (LR,) if momentum is None else (LR, MOMENTUM)
         action = a.choose(key, types)
         a.prev_state, a.prev_action = key, action
         a.prune(keep=key)
         self._scales = (
-            LR_SCALE_OPTIONS[action[LR]],
-            MOMENTUM_SCALE_OPTIONS[action[MOMENTUM]] if MOMENTUM in action else 1.0,
+            self.settings.lr_scale_options[action[LR]],
+            self.settings.momentum_scale_options[action[MOMENTUM]] if MOMENTUM in action else 1.0,
         )
         return self._scales
 
@@ -544,11 +588,12 @@ class LambdaKLController:
 
     def __init__(
         self, base_lambda_kl: float, band: float, min_lambda_kl: float, max_lambda_kl: float, seed: int,
-        higher_is_better: bool,
+        higher_is_better: bool, settings: QSettings = DEFAULT_SETTINGS,
     ) -> None:
         if band < 1.0:
             raise ValueError(f"lambda_kl band must be >= 1, got {band}")
         self.base = float(base_lambda_kl)
+        self.band, self.min_lambda_kl, self.max_lambda_kl = band, min_lambda_kl, max_lambda_kl
         self.low = max(self.base / band, min_lambda_kl)
         self.high = min(self.base * band, max_lambda_kl)
         if not (self.base > 0 and min_lambda_kl <= self.base <= max_lambda_kl):
@@ -558,7 +603,8 @@ class LambdaKLController:
             )
         self.higher_is_better = bool(higher_is_better)
         self.lambda_kl = self.base
-        self._agent = _QAgent(seed, (LAMBDA_KL,), LAMBDA_KL_EPSILON_DECAY)
+        self.settings = settings
+        self._agent = _QAgent(seed, (LAMBDA_KL,), settings.lambda_kl_epsilon_decay, settings)
         self._hist = _histories(LAMBDA_KL_KEYS + ("val_metric",), LAMBDA_KL_HISTORY_LEN)
         self._prev_metrics: dict[str, float] | None = None
         self._last_val: float | None = None
@@ -590,7 +636,8 @@ class LambdaKLController:
             return self.lambda_kl
         cur = {k: s / self._count for k, s in zip(LAMBDA_KL_KEYS, self._sums)}
         cur.update(val_metric=float(val_metric), lambda_kl=self.lambda_kl)
-        penalty = -WEIGHTS.extreme_loss_penalty * 5.0 if self._nonfinite else 0.0
+        w = self.settings.weights
+        penalty = -w.extreme_loss_penalty * 5.0 if self._nonfinite else 0.0
         self._reset_pool()
 
         a = self._agent
@@ -599,14 +646,26 @@ class LambdaKLController:
         a.touch(key)
         first = a.prev_state is None or self._prev_metrics is None
         if not first:
-            a.learn(_clip(lambda_kl_reward(cur, self._prev_metrics, self.higher_is_better) + penalty, REWARD_CLIP), key)
+            a.learn(_clip(lambda_kl_reward(cur, self._prev_metrics, self.higher_is_better, w) + penalty, REWARD_CLIP),
+                    key)
         _append(self._hist, cur, first)
         action = a.choose(key, (LAMBDA_KL,))
         a.prev_state, a.prev_action = key, action
         a.prune(keep=key)
         self._prev_metrics = cur
-        self._scale = LAMBDA_KL_SCALE_OPTIONS[action[LAMBDA_KL]]
+        self._scale = self.settings.lambda_kl_scale_options[action[LAMBDA_KL]]
         self.lambda_kl = min(max(self.lambda_kl * self._scale, self.low), self.high)
+        return self.lambda_kl
+
+    def rebase(self, base_lambda_kl: float) -> float:
+        """A new base value mid-run (the health monitor's remedy for noisy output): the band moves with it, within
+        [min, max]; what was learned stays, the pending transition is dropped (the jump is no consequence of the last
+        action). -> the lambda_kl now in use."""
+        self.base = min(max(float(base_lambda_kl), self.min_lambda_kl), self.max_lambda_kl)
+        self.low = max(self.base / self.band, self.min_lambda_kl)
+        self.high = min(self.base * self.band, self.max_lambda_kl)
+        self.lambda_kl, self._scale, self._prev_metrics = self.base, 1.0, None
+        self._agent.prev_state, self._agent.prev_action = None, None
         return self.lambda_kl
 
     def info(self) -> dict[str, float]:

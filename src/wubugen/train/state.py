@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from wubugen.config import Config
-from wubugen.errors import UserError
+from wubugen.errors import TrainingStopped, UserError
 from wubugen import checkpoint as ckpt
 from wubugen.checkpoint import ema_state_by_name
 from wubugen.train.ema import EMA
@@ -40,6 +40,9 @@ class RunState:
     nonfinite_total: int = 0  # non-finite steps before the runner's device counter was last reset
     last_val: dict[str, float | None] = field(default_factory=dict)
     scales: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # the Q-controllers' latest LR/momentum (G, D)
+    val_history: list[float | None] = field(default_factory=list)  # the primary metric at each validation (stopping.py)
+    end_reason: dict[str, str] | None = None  # set when the stop rule ends the run (re-checked on resume)
+    health: dict[str, Any] = field(default_factory=dict)  # the health monitor's state as of the last save (health.py)
 
 
 def train_state(state: RunState, players: Players, runner: StepRunner, meter: LossMeter | None = None) -> dict[str, Any]:
@@ -50,7 +53,8 @@ def train_state(state: RunState, players: Players, runner: StepRunner, meter: Lo
         "best_metric": s.best_metric, "best_step": s.best_step, "rollbacks": s.rollbacks, "lr_factor": s.lr_factor,
         "nonfinite_total": s.nonfinite_total + int(runner.nonfinite_steps.item()),
         "consecutive_nonfinite": int(runner.consecutive_nonfinite.item()),
-        "last_val": dict(s.last_val), "scales": list(s.scales),
+        "last_val": dict(s.last_val), "scales": list(s.scales), "val_history": list(s.val_history),
+        "health": s.health,
         "meter": meter.state_dict() if meter is not None else None,
         "opt_g": p.opt_g.state_dict(), "opt_d": p.opt_d.state_dict(),
         "scaler_g": runner.scaler_g.state_dict(), "scaler_d": runner.scaler_d.state_dict(),
@@ -159,6 +163,8 @@ def resume(source: str | ckpt.Checkpoint, cfg: Config, state: RunState, players:
     state.best_metric, state.best_step = ts["best_metric"], ts["best_step"]
     state.rollbacks, state.lr_factor, state.nonfinite_total = ts["rollbacks"], ts["lr_factor"], ts["nonfinite_total"]
     state.last_val = dict(ts["last_val"])
+    state.val_history = list(ts.get("val_history", []))  # (checkpoints from before the stop rules have none)
+    state.health = dict(ts.get("health") or {})
     if players.q_gen is not None and ts.get("scales") is not None:
         state.scales = tuple(float(x) for x in ts["scales"])
     elif stored.train.q_controller_enabled and players.q_gen is None:  # Q-control turned off: back to the bases
@@ -179,6 +185,18 @@ def load_phase(path: str, cfg: Config, state: RunState, players: Players, log: C
     load_weights(players, c, strict=cfg.train.load_strict, log=log)
     log(f"new phase from {c.path} (step {c.step}): this run's lambda_kl {state.lambda_kl:g}, "
         f"LR G/D {cfg.train.learning_rate_gen:g}/{cfg.train.learning_rate_disc:g}")
+
+
+def check_rollback(run_dir: Path, s: RunState, consecutive: int) -> None:
+    """TrainingStopped when a rollback after non-finite steps cannot help: a second time, or no checkpoint yet."""
+    if s.rollbacks >= 1:
+        raise TrainingStopped(
+            f"{consecutive} consecutive non-finite steps at step {s.step}, again after a rollback with halved learning "
+            f"rates: stopping. Lower --learning_rate_gen/--learning_rate_disc or --lambda_kl, or run with "
+            f"--detect_anomaly to find the operation")
+    if not (run_dir / ckpt.LAST_POINTER).exists():
+        raise TrainingStopped(f"{consecutive} consecutive non-finite steps at step {s.step} and no checkpoint to "
+                              f"roll back to: lower the learning rates (--learning_rate_gen/--learning_rate_disc)")
 
 
 def rollback(run_dir: Path, state: RunState, players: Players, runner: StepRunner, log: Callable[[str], Any]) -> None:

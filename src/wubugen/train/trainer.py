@@ -16,19 +16,21 @@ from tqdm import tqdm
 from wubugen.config import Config
 from wubugen.data import build_datasets, make_loader
 from wubugen.data.batch import ClipBatch
-from wubugen.errors import Interrupted, TrainingStopped
+from wubugen.errors import Interrupted
 from wubugen.eval.metrics import is_better, load_lpips, lpips_unavailable_message
 from wubugen.track import build_tracker
 from wubugen.train import artifacts
 from wubugen import checkpoint as ckpt
 from wubugen.train import state as run_state
 from wubugen.train.distributed import DistInfo, all_reduce_sum, barrier
+from wubugen.train.health import Health
 from wubugen.train.meter import LossMeter
 from wubugen.train.optim import apply_lr_momentum_scales
 from wubugen.train.players import build_players, set_seed
 from wubugen.train.signals import StopControl, StopSignals, stopped_message
 from wubugen.train.state import RunState
 from wubugen.train.step import LOSS_KEYS, StepRunner
+from wubugen.train.stopping import StopRule, end_reason
 
 
 class Trainer:
@@ -42,7 +44,7 @@ class Trainer:
         self._saved_step, self._stop_signal = -1, 0
         self.run_dir = Path(t.checkpoint_dir)
         self.is_main = dist.is_main
-        self.log = print if self.is_main else (lambda *a, **k: None)
+        self.log = (lambda m: tqdm.write(str(m), file=sys.stdout)) if self.is_main else (lambda *a, **k: None)
         if t.detect_anomaly:
             torch.autograd.set_detect_anomaly(True)
         if device.type == "cuda":
@@ -79,6 +81,10 @@ class Trainer:
                                            generator=g)
         self.tracker = build_tracker(self.run_dir, cfg.log, cfg.to_dict(), self.is_main,
                                      resume_step=self.state.step if t.resume else None)
+        self.health = Health(cfg, p, self.state, self.tracker, self.log, lambda: self._apply_lrs(*self.state.scales))
+        self.stop_rule, self._val_step = StopRule.from_config(t), -1
+        if t.resume:  # a run the stop rule ended stays ended (under the rule it resumes with)
+            self.state.end_reason = self.stop_rule.check(self.state.val_history)
         self._announced = False
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -86,6 +92,7 @@ class Trainer:
         path = None
         if self.is_main:
             s = self.state
+            s.health = self.health.state_dict()
             meta = {"config": self.cfg.to_dict(), "metrics": s.last_val, "lambda_kl": s.lambda_kl,
                     "task": self.cfg.model.task}
             path = ckpt.save_checkpoint(self.run_dir, s.step, self.players.modules_to_save(),
@@ -118,7 +125,7 @@ class Trainer:
                    dynamic_ncols=True, file=sys.stdout)
         t_start, outcome = time.perf_counter(), "steps_done"
         with self.signals:  # SIGINT/SIGTERM: the step finishes, a checkpoint is written, the run stops (signals.py)
-            while s.step < total:
+            while s.step < total and s.end_reason is None:
                 outcome = self._run_epoch(total, self.meter, bar)
                 if outcome in ("steps_done", "stopped"):
                     break
@@ -128,14 +135,17 @@ class Trainer:
                 elif outcome == "epoch_done":  # a partial accumulation is dropped, as the original
                     s.epoch += 1
                     s.batch_in_epoch = 0
-                    if t.val_interval <= 0:
-                        self._validate_and_checkpoint()
+                    if t.val_interval <= 0 and self._validate_and_checkpoint():
+                        break
             bar.close()
             if outcome == "stopped":  # every rank agreed on the step (StopControl.poll)
                 self._stop(self._stop_signal)
         elapsed = time.perf_counter() - t_start
-        if not (t.val_interval > 0 and s.step % t.val_interval == 0) or s.step == 0:
+        if (not (t.val_interval > 0 and s.step % t.val_interval == 0) or s.step == 0) and self._val_step != s.step:
             self._validate_and_checkpoint()
+        if s.end_reason is None:
+            s.end_reason = end_reason("length", f"{s.step} of {total} steps") if s.step >= total else end_reason(
+                "time", f"--max_seconds {t.max_seconds:g} reached at step {s.step}")
         return self._finish(elapsed)
 
     def _run_epoch(self, total: int, meter: LossMeter, bar) -> str:
@@ -171,7 +181,8 @@ class Trainer:
                     and s.step % log.wandb_log_fixed_noise_samples_interval == 0):
                 artifacts.log_fixed_noise(p, self.runner, self.data, self.fixed_noise, self.tracker, s.step)
             if t.val_interval > 0 and s.step % t.val_interval == 0:
-                self._validate_and_checkpoint()
+                if self._validate_and_checkpoint():
+                    return "steps_done"
             elif t.save_interval > 0 and s.step % t.save_interval == 0:
                 self.save()
             if s.step >= total:
@@ -198,9 +209,9 @@ class Trainer:
     def _apply_lrs(self, g_lr_scale: float, g_mom_scale: float, d_lr_scale: float, d_mom_scale: float) -> None:
         """Q-controller scales times the rollback factor, on the base learning rates (never compounding)."""
         self.state.scales = (g_lr_scale, g_mom_scale, d_lr_scale, d_mom_scale)
-        f = self.state.lr_factor
-        apply_lr_momentum_scales(self.players.opt_g, g_lr_scale * f, g_mom_scale)
-        apply_lr_momentum_scales(self.players.opt_d, d_lr_scale * f, d_mom_scale)
+        f, (fg, fd) = self.state.lr_factor, self.health.lr_factors()  # the rollback's and the health remedies'
+        apply_lr_momentum_scales(self.players.opt_g, g_lr_scale * f * fg, g_mom_scale)
+        apply_lr_momentum_scales(self.players.opt_d, d_lr_scale * f * fd, d_mom_scale)
 
     def _reduced(self, means: Tensor) -> dict[str, float]:
         v = all_reduce_sum(means.clone(), self.dist) / self.dist.world_size
@@ -222,45 +233,27 @@ class Trainer:
         if consecutive < self.cfg.train.max_consecutive_nonfinite:
             return False
         s = self.state
-        if s.rollbacks >= 1:
-            raise TrainingStopped(
-                f"{consecutive} consecutive non-finite steps at step {s.step}, again after a rollback with halved learning "
-                f"rates: stopping. Lower --learning_rate_gen/--learning_rate_disc or --lambda_kl, or run with "
-                f"--detect_anomaly to find the operation")
-        if not (self.run_dir / ckpt.LAST_POINTER).exists():
-            raise TrainingStopped(f"{consecutive} consecutive non-finite steps at step {s.step} and no checkpoint to "
-                                  f"roll back to: lower the learning rates (--learning_rate_gen/--learning_rate_disc)")
+        run_state.check_rollback(self.run_dir, s, consecutive)  # a second time, or nothing to go back to: stop
         bad_step = s.step
         run_state.rollback(self.run_dir, s, self.players, self.runner, self.log)
         self._apply_lrs(*s.scales)
-        self.log(f"warning: {consecutive} consecutive non-finite steps at step {bad_step}: rolled back to step "
-                 f"{s.step}, learning rates halved (factor {s.lr_factor:g})")
+        self.health.rolled_back(consecutive, bad_step)
         self.tracker.log_scalars({"train/rollbacks": s.rollbacks, "train/lr_factor": s.lr_factor}, s.step)
         return True
 
     def _log_train(self, means: Tensor, gn_g: Tensor, gn_d: Tensor, bar) -> None:
-        p, s = self.players, self.state
-        losses = self._reduced(means)
-        values: dict[str, float | None] = {f"train/{k}": v for k, v in losses.items()}
-        values.update({
-            "train/lr_gen": p.opt_g.param_groups[0]["lr"], "train/lr_disc": p.opt_d.param_groups[0]["lr"],
-            "train/lambda_kl": s.lambda_kl,
-            "train/nonfinite_steps": s.nonfinite_total + int(self.runner.nonfinite_steps.item()),
-            "epoch_frac": s.epoch + s.batch_in_epoch / max(1, self.batches_per_epoch),
-        })
-        if self.cfg.log.log_grad_norm:
-            values["train/grad_norm_gen"] = float(gn_g)
-            values["train/grad_norm_disc"] = float(gn_d)
-        for name, ctrl in (("q_ctrl_gen", p.q_gen), ("q_ctrl_disc", p.q_disc), ("q_ctrl_lkl", p.q_lkl)):
-            if ctrl is not None:
-                values.update({f"{name}/{k}": v for k, v in ctrl.info().items()})
+        s = self.state
+        values = artifacts.train_values(self.players, s, self.runner, self._reduced(means), gn_g, gn_d,
+                                        self.batches_per_epoch)
         self.tracker.log_scalars(values, s.step)
         if self.is_main:
-            bar.set_postfix_str(f"G:{losses['loss_g_total']:.3f} D:{losses['loss_d_total']:.3f} "
-                                f"Rec:{losses['loss_recon']:.4f} KL:{losses['loss_kl']:.3f} LKL:{s.lambda_kl:.1e}")
+            bar.set_postfix_str(artifacts.progress_text(values))
+        self.health.observe_log(values, s.step)  # the guide's troubleshooting rules over what was just logged
 
-    def _validate_and_checkpoint(self) -> None:
-        t, s = self.cfg.train, self.state
+    def _validate_and_checkpoint(self) -> bool:
+        """Validation, the fixed-noise samples (unless their own interval logged them this step) and a checkpoint.
+        -> True when the stop rule ends the run here (a plateau or threshold of the primary metric)."""
+        t, s, fn_every = self.cfg.train, self.state, self.cfg.log.wandb_log_fixed_noise_samples_interval
         with artifacts.rng_fork(self.device):
             metrics = artifacts.validate(self.players, self.runner, self.data.val, self.dist, self.lpips,
                                          self.tracker, s.step)
@@ -274,16 +267,24 @@ class Trainer:
             shown = ", ".join(f"{k.replace('avg_val_', '')} {v:.4f}" for k, v in metrics.items()
                               if v is not None and k.startswith("avg_val"))
             self.log(f"validation at step {s.step}: {shown}" + ("  (best)" if best else ""))
-        if self.is_main:
+            s.val_history.append(primary)
+            self.health.observe_val(metrics, s.step)
+            s.end_reason = self.stop_rule.check(s.val_history)
+        if self.is_main and not (fn_every > 0 and s.step % fn_every == 0):
             artifacts.log_fixed_noise(self.players, self.runner, self.data, self.fixed_noise, self.tracker, s.step)
+        if s.end_reason is not None:
+            self.log(f"stop rule ({s.end_reason['kind']}): {s.end_reason['detail']}: the run ends at step {s.step}")
+        self._val_step = s.step
         self.save(best=best)
+        return s.end_reason is not None
 
     def _finish(self, elapsed: float) -> dict[str, Any]:
         s = self.state
         summary = {"steps": s.step, "epochs_completed": s.epoch, "seconds": round(elapsed, 1),
                    "best_metric": s.best_metric, "best_step": s.best_step, "val": s.last_val,
                    "nonfinite_steps": s.nonfinite_total + int(self.runner.nonfinite_steps.item()),
-                   "rollbacks": s.rollbacks, "lambda_kl": s.lambda_kl}
+                   "rollbacks": s.rollbacks, "lambda_kl": s.lambda_kl, "end_reason": s.end_reason,
+                   "health": self.health.summary()}
         if self.is_main:
             artifacts.finish_run(self.players, self.runner, self.data, self.run_dir, summary, s.step)
             self.log(f"done: {s.step} steps in {elapsed:.0f} s; " +
