@@ -6,12 +6,13 @@
 #   bash benchmarks/gpu_quality.sh speed      the peer and some configurations alone for a short while: steps/s, set-up
 #   bash benchmarks/gpu_quality.sh generalise KL weight, clipping, weight decay, Euclidean WuBu on the recipe, at once
 #   bash benchmarks/gpu_quality.sh final      the peer, then wubugen's recipe, each alone for SECONDS (equal GPU time)
+#   bash benchmarks/gpu_quality.sh phases     the guide's phase plan end to end at 64x64 (shortened), prior samples per phase
 #
 # Carry .whl (PyAV and tomli-w wheels for the GPU image's python) and .gpu. Results: $OUT (default ./bench_out).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_out}
-mkdir -p "$OUT"
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 site=/tmp/wubugen_site
 [ -d "$site" ] || python3 -m pip install --quiet --no-index --no-deps --target "$site" .whl/*.whl
 export PYTHONPATH="$PWD/src:$site" PYTHONUNBUFFERED=1 WANDB_MODE=disabled
@@ -62,7 +63,29 @@ for s in ${*:-sweep}; do
     final)
       python3 benchmarks/quality_sweep.py --data $D --out /tmp/final --seconds "${SECONDS_FINAL:-150}" --sequential --prebuild 64 \
         --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py --run "recipe=$NEW ${RECIPE:-}" | tee "$OUT/final.txt"
-      collect /tmp/final final ;;
-    *) echo "unknown section $s (sweep generalise speed final)"; exit 2 ;;
+      collect /tmp/final final
+      cp /tmp/final/recipe/samples/final_*.png "$OUT/final_samples.png" 2>/dev/null
+      cp -r /tmp/final/recipe/media "$OUT/final_media" 2>/dev/null ;;
+    alone)  # wubugen's recipe with RECIPE's changes alone for SECONDS_FINAL, no peer: a probe against a final call's curve
+      python3 benchmarks/quality_sweep.py --data $D --out /tmp/alone --seconds "${SECONDS_FINAL:-150}" --sequential \
+        --prebuild 64 --run "recipe=$NEW ${RECIPE:-}" | tee "$OUT/alone.txt"
+      collect /tmp/alone alone ;;
+    phases)  # the guide's phase plan end to end at 64x64, shortened (--phase-steps), then prior samples and the report
+      rm -rf /tmp/plan
+      S="--set video_data_path=$D/train --set validation_video_path=$D/val --set image_h=64 --set image_w=64
+ --set batch_size=32 --set region_codes=none --set ema_decay=0 --set q_controller_enabled=false
+ --set use_lpips_for_verification=false --set log_interval=100 --set save_interval=0 --set demo_num_samples=16
+ --set wandb_log_train_recon_interval=0 --set wandb_log_fixed_noise_samples_interval=0"
+      python3 -m wubugen phases configs/phases/guide.toml --root /tmp/plan --phase-steps "${PHASE_STEPS:-2400}" $S \
+        2>&1 | grep -v "it/s\|step/s" | tee "$OUT/phases.txt"
+      python3 -m wubugen phases status /tmp/plan | tee "$OUT/phases_status.txt"
+      for ph in phase1 phase2a phase2b phase2c phase3 phase4; do
+        [ -d /tmp/plan/$ph ] || continue
+        python3 -m wubugen sample --checkpoint /tmp/plan/$ph --num 8 --out "$OUT/prior_$ph.png" 2>&1 | tail -1
+        cp /tmp/plan/$ph/summary.json "$OUT/summary_$ph.json" 2>/dev/null
+      done
+      mkdir -p "$OUT/plan" && (cd /tmp/plan && find . \( -name "*.jsonl" -o -name "*.json" -o -name "*.toml" \
+        -o -name "*.png" \) -not -path "./*/step_*" | head -400 | xargs -r cp --parents -t "$OUT/plan") ;;
+    *) echo "unknown section $s (sweep generalise speed final alone phases)"; exit 2 ;;
   esac
 done

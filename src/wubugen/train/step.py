@@ -230,7 +230,10 @@ class StepRunner:
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()  # hand the eager steps' cached blocks back, so the graph's pool can use that memory
-        with torch.cuda.graph(graph, pool=self._graph_pool):
+        # thread_local: the DataLoader's pin-memory thread keeps allocating and querying pinned host blocks during the
+        # capture; in the default global mode any such CUDA call from another thread invalidates it (a race: seen with
+        # the progress bar's timing, step 3 of a phase run). This thread's own calls are still checked.
+        with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):
             losses = self._forward_backward(self.prepare(static_batch), self.prepare_flow(static_flow),
                                             self._lambda_kl, adv_on, 1, True, cache=False)
         grads = [(p, p.grad) for p in params if p.grad is not None]
