@@ -5,7 +5,9 @@
 #   bash benchmarks/gpu_quality.sh sweep      ablations at once on one GPU with the peer, compared at equal steps
 #   bash benchmarks/gpu_quality.sh speed      the peer and some configurations alone for a short while: steps/s, set-up
 #   bash benchmarks/gpu_quality.sh generalise KL weight, clipping, weight decay, Euclidean WuBu on the recipe, at once
+#   bash benchmarks/gpu_quality.sh backbone   GAN schedule, generator temporal stages, latent width, LR, widths, at once
 #   bash benchmarks/gpu_quality.sh final      the peer, then wubugen's recipe, each alone for SECONDS (equal GPU time)
+#   bash benchmarks/gpu_quality.sh alone      wubugen's recipe with RECIPE's changes alone for SECONDS_FINAL (no peer)
 #   bash benchmarks/gpu_quality.sh phases     the guide's phase plan end to end at 64x64 (shortened), prior samples per phase
 #
 # Carry .whl (PyAV and tomli-w wheels for the GPU image's python) and .gpu. Results: $OUT (default ./bench_out).
@@ -55,6 +57,15 @@ for s in ${*:-sweep}; do
         --run "wd1e-2=$R --weight_decay 1e-2" --run "pix_cw=$R $PIX --compile_wubu" \
         --run "pix_cw_euclid=$R $PIX --compile_wubu --wubu_euclidean" | tee "$OUT/generalise.txt"
       collect /tmp/gen generalise ;;
+    backbone)  # the next session's ablations (docs/results.md "What is left"): the backbone and the GAN, at equal steps
+      R="$NEW --region_codes none --ema_decay 0 --lambda_gan 1 --val_interval 600"
+      python3 benchmarks/quality_sweep.py --data $D --out /tmp/bb --seconds "${SECONDS_SWEEP:-330}" --prebuild 64 \
+        --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py \
+        --run "base=$R" --run "nogan=$R --lambda_gan 0" --run "gan_late=$R --lambda_gan 0.1 --gan_start_step 3000" \
+        --run "gen_t_all=$R --gen_temporal_stages all" --run "lat16=$R --latent_channels 16" \
+        --run "lr6e-4=$R --learning_rate_gen 6e-4" --run "wide=$R --gen_base_channels 96 --encoder_shallow_cnn_channels 96" \
+        | tee "$OUT/backbone.txt"
+      collect /tmp/bb backbone ;;
     speed)  # each alone for a short while: steps/s and set-up, to turn equal steps into equal GPU time
       python3 benchmarks/quality_sweep.py --data $D --out /tmp/speed --seconds "${SECONDS_SPEED:-45}" --sequential \
         --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py --run "nocodes=$NEW --region_codes none" \
@@ -86,6 +97,6 @@ for s in ${*:-sweep}; do
       done
       mkdir -p "$OUT/plan" && (cd /tmp/plan && find . \( -name "*.jsonl" -o -name "*.json" -o -name "*.toml" \
         -o -name "*.png" \) -not -path "./*/step_*" | head -400 | xargs -r cp --parents -t "$OUT/plan") ;;
-    *) echo "unknown section $s (sweep generalise speed final alone phases)"; exit 2 ;;
+    *) echo "unknown section $s (sweep generalise backbone speed final alone phases)"; exit 2 ;;
   esac
 done

@@ -245,3 +245,14 @@ def test_channels_last_keeps_parameters_values_and_outputs():
     for a, b in zip(out, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
+
+
+def test_generator_temporal_kernels_in_every_stage_when_asked():
+    """gen_temporal_stages all: every upsampling stage has the temporal kernel (the peer's decoder layout); first: only
+    the first. Every parameter still gets a gradient."""
+    for stages, kts in (("first", [3, 1]), ("all", [3, 3])):
+        cfg = build_config("tiny", overrides={"gen_temporal_stages": stages, "num_predict_frames": 3})
+        torch.manual_seed(0)
+        model = build_model(cfg.model, cfg.geometry)
+        assert [u.weight.shape[2] for u in model.generator.ups] == kts
+        assert grads_ok(cfg) == []

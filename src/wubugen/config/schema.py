@@ -262,6 +262,10 @@ class ModelConfig:
     gen_temporal_kernel_size: int = opt(
         3, "temporal kernel of the generator's latent-resolution and output convs, in frames (odd)", "> 0")
     gen_final_conv_kernel_spatial: int = opt(3, "spatial kernel of the generator's output conv, in pixels", "> 0")
+    # first: the original's layout, temporal mixing at the latent resolution and in the output conv only; all: every
+    # upsampling stage mixes frames too, as the plain 3-D conv VAE peer's decoder does (a candidate, docs/results.md)
+    gen_temporal_stages: Literal["first", "all"] = opt(
+        "first", "upsampling stages with the temporal kernel: first (the latent-resolution stage only) or all")
     gen_res_blocks: int = opt(1, "residual 3-D conv blocks at the latent resolution, generator side", ">= 0")
     gen_region_film: bool = opt(
         True, "GAAD-region FiLM (modulation from the rasterised region map) on every generator stage")

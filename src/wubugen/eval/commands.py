@@ -14,6 +14,7 @@ from wubugen.checkpoint import load_trained
 from wubugen.config import Config, HelpFormatter
 from wubugen.errors import UserError
 from wubugen.media import atomic_write_text
+from wubugen.models.prior import draw_latents
 
 
 def _device(name: str) -> torch.device:
@@ -46,6 +47,7 @@ def _sample_batches(args: argparse.Namespace, cfg: Config, model, device: torch.
     elif cfg.model.task == "predict":
         raise UserError("this checkpoint was trained for --task predict: give --context VIDEO to predict from")
     t_in = cfg.data.num_input_frames
+    prior = getattr(args, "latent_prior", None)  # a fitted aggregate-posterior prior, or None for N(0, I)
     for start in range(0, args.num, SAMPLE_BATCH):
         n = min(SAMPLE_BATCH, args.num - start)
         with torch.no_grad(), _autocast(device):
@@ -59,9 +61,32 @@ def _sample_batches(args: argparse.Namespace, cfg: Config, model, device: torch.
                 else:  # reconstruct: the window's last frames rebuilt from its posterior mean
                     frames = torch.cat([batch[:, :t_in], model(batch, sample_posterior=False).recon.float()], 1)
             else:  # noise drawn on the CPU from the seeded generator (the same clips on any device)
-                noise = torch.randn((n, *model.latent_shape()), generator=g)
+                if prior is not None:
+                    noise = draw_latents(prior, n, g).reshape(n, *model.latent_shape())
+                else:
+                    noise = torch.randn((n, *model.latent_shape()), generator=g)
                 frames = model.sample(n, noise=noise)
         yield to_uint8(frames.float()).cpu()
+
+
+def _latent_prior(args: argparse.Namespace, cfg: Config, model, device: torch.device, step_dir: Path):
+    """--prior: aggregate (fitted on the training footage's latents, eval/prior.py), normal (N(0, I)), or auto
+    (aggregate for prior samples of a reconstruct-task model, N(0, I) with a note when its footage is not readable)."""
+    from wubugen.eval.prior import prior_for
+
+    if args.prior == "normal" or args.context or cfg.model.task == "predict":
+        if args.prior == "aggregate":
+            raise UserError("--prior aggregate is for prior samples of a reconstruct-task model (no --context)")
+        return None
+    try:
+        return prior_for(cfg, model, device, step_dir, data_path=args.prior_data, windows=args.prior_windows,
+                         rank=args.prior_rank, autocast=lambda: _autocast(device),
+                         log=lambda m: print(m, file=sys.stderr))
+    except UserError as e:
+        if args.prior == "aggregate":
+            raise
+        print(f"note: sampling from N(0, I): {e}", file=sys.stderr)
+        return None
 
 
 def _sample_cmd(args: argparse.Namespace) -> int:
@@ -72,6 +97,8 @@ def _sample_cmd(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out}: choose a .mp4, .gif or .png file")
     if args.num < 1:
         raise UserError("--num must be at least 1")
+    if args.prior_windows < 2 or args.prior_rank < 0:
+        raise UserError("--prior_windows must be at least 2 and --prior_rank at least 0")
     device = _device(args.device)
     cfg, model, c = load_trained(args.checkpoint, device, prefer=args.which)
     h, w = cfg.data.image_h, cfg.data.image_w
@@ -81,6 +108,7 @@ def _sample_cmd(args: argparse.Namespace) -> int:
         raise UserError(f"--num {args.num}: a {out.suffix.lower()} holds at most {most} clips of {h}x{w} {layout}; "
                         f"lower --num, write several files (--seed), or write a .png grid (up to "
                         f"{max_clips('x.png', h, w)} clips, written in batches)")
+    args.latent_prior = _latent_prior(args, cfg, model, device, Path(c.path))
     shape: list[tuple[int, ...]] = []
     batches = (shape.append(tuple(b.shape)) or b for b in _sample_batches(args, cfg, model, device))
     if out.suffix.lower() == ".png":  # a grid, band by band: memory holds one batch
@@ -139,6 +167,7 @@ def _evaluate_cmd(args: argparse.Namespace) -> int:
 SAMPLE_EXAMPLES = """examples:
   wubugen sample --checkpoint runs/quickstart --out samples.gif
   wubugen sample --checkpoint runs/phase1 --which last --num 8 --out grid.png
+  wubugen sample --checkpoint runs/phase1 --prior normal --out noise.png   # N(0, I) instead of the fitted prior
   wubugen sample --checkpoint runs/predict --context clip.mp4 --num 4 --out predicted.mp4   # a predict-task model"""
 
 EVALUATE_EXAMPLES = """examples:
@@ -166,6 +195,15 @@ def register(sub) -> None:
     p.add_argument("--fps", type=int, default=8, metavar="N", help="frames per second of a .mp4 or .gif")
     p.add_argument("--which", choices=("best", "last"), default="best", help=WHICH_HELP)
     p.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
+    p.add_argument("--prior", choices=("auto", "aggregate", "normal"), default="auto",
+                   help="where prior samples come from: aggregate, a Gaussian fitted to the latents of the run's "
+                        "training windows (stored beside the checkpoint and reused); normal, N(0, I), which a model "
+                        "trained at a low KL weight decodes to noise; auto, aggregate when the footage is readable")
+    p.add_argument("--prior_data", default=None, metavar="PATH",
+                   help="footage to fit the aggregate prior on (default: the run's --video_data_path)")
+    p.add_argument("--prior_windows", type=int, default=256, metavar="N", help="windows the aggregate prior is fitted on")
+    p.add_argument("--prior_rank", type=int, default=128, metavar="K",
+                   help="principal directions of the aggregate prior (the rest keeps only its per-value variance)")
     p.set_defaults(func=_sample_cmd)
 
     e = sub.add_parser(

@@ -72,7 +72,7 @@ class Generator(nn.Module):
         self.norms = nn.ModuleList()
         self.films = nn.ModuleList()
         for i in range(n_up):
-            kti = kt if i == 0 else 1
+            kti = kt if i == 0 or m.gen_temporal_stages == "all" else 1
             self.ups.append(nn.ConvTranspose3d(chans[i], chans[i + 1], (kti, 4, 4), (1, 2, 2), (kti // 2, 1, 1)))
             self.norms.append(group_norm(chans[i + 1]))
             self.films.append(film(chans[i + 1], i + 1))
