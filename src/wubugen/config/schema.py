@@ -339,8 +339,14 @@ class TrainConfig:
     # capture the step's forward+backward in a CUDA graph after 3 eager steps (one CUDA process, no accumulation;
     # elsewhere the step runs eagerly): the host then launches one graph instead of thousands of small kernels
     cuda_graphs: bool = opt(
-        True, "replay the training step as a CUDA graph after 3 eager steps (one CUDA process, --grad_accum_steps 1; "
-        "elsewhere eager)", group="speed")
+        True, "replay the training step as a CUDA graph after 3 eager steps (one CUDA process or --ddp_comm flat, "
+        "--grad_accum_steps 1; elsewhere eager)", group="speed")
+    # ddp: DDP's per-parameter hooks and bucket copies overlap the all-reduce with the backward but run on the host
+    # every step, and rule out CUDA graphs; flat: the players are not wrapped, the step (graphed) writes the
+    # gradients, then one all-reduce of one flat buffer averages them (train/grad_sync.py)
+    ddp_comm: Literal["ddp", "flat"] = opt(
+        "ddp", "multi-GPU gradient averaging: ddp (PyTorch DDP, overlapped with the backward) or flat (one all-reduce "
+        "of a flat gradient buffer after the backward; CUDA graphs stay on)", group="speed")
     # recompute the full-resolution activations in the backward pass instead of keeping them (the encoder's per-frame
     # CNN, the generator's last stage): about 7% more FLOPs, half the activation memory; the math is unchanged
     activation_checkpointing: bool = opt(

@@ -77,7 +77,11 @@ def build_players(cfg: Config, device: torch.device, dist: DistInfo | None = Non
     speed_layout(cfg, model, disc, device, precision)
     model_step: nn.Module = model
     disc_step: nn.Module = disc
-    if dist is not None and dist.enabled:
+    if dist is not None and dist.enabled and t.ddp_comm == "flat":
+        from wubugen.train.grad_sync import broadcast_state
+
+        broadcast_state([model, disc])  # plain modules: the step's gradients are averaged by train/grad_sync.py
+    elif dist is not None and dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [device.index] if device.type == "cuda" else None

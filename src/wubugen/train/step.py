@@ -127,6 +127,12 @@ class StepRunner:
         self.consecutive_nonfinite = torch.zeros((), dtype=torch.int64, device=device)
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
         self.graphs_on = use_cuda_graphs(cfg, device, world)
+        # --ddp_comm flat: the players are plain modules (train/players.py); the gradients are averaged here
+        self.reducer = None
+        if world > 1 and cfg.train.ddp_comm == "flat":
+            from wubugen.train.grad_sync import FlatGradReducer
+
+            self.reducer = FlatGradReducer(p.g_params + p.d_params, world)
         self._graphs: dict[tuple, _Captured] = {}
         self._graph_pool = None
         self._side_stream = torch.cuda.Stream(device) if self.graphs_on else None
@@ -168,6 +174,8 @@ class StepRunner:
                 sums += self._forward_backward(self.prepare(batch.frames), self.prepare_flow(batch.flow), lambda_kl,
                                                adv_on, k, i == k - 1)
             sums /= k
+        if self.reducer is not None:
+            self.reducer.reduce()
         return (sums, *self._apply(sums))
 
     def _forward_backward(self, clip: Tensor, flow: Tensor | None, lambda_kl: float | Tensor, adv_on: bool, k: int,
