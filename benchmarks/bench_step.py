@@ -10,7 +10,7 @@ usage:
   python benchmarks/bench_step.py --rows launcher-fp32,launcher-bf16 --json out.json
   python benchmarks/bench_step.py --preset launcher --set batch_size=16 --set precision=bf16
   torchrun --nproc_per_node=2 benchmarks/bench_step.py --rows launcher-bf16     (DDP; rank 0 reports)
-Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile|-autotune|-nocompile][-eager][-nocl][-ckpt][-notap][-mb<percent>][-gbv][-static][-bucket<MB>]`
+Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile|-autotune|-nocompile][-eager][-nocl][-ckpt][-notap][-mb<percent>][-flat][-gbv][-static][-bucket<MB>]`
 (the `launcher` preset compiles: `-nocompile` for eager kernels; `-eager`: no CUDA-graph capture of the step; `-nocl`: no channels-last frames; `-ckpt`: activation checkpointing;
  `-notap`: fp32 output conv by cuDNN; `-mb50`: torch.compile's activation memory budget 0.5;
  under torchrun, `-gbv`, `-static`, `-bucket<MB>`: DDP's gradient_as_bucket_view, static_graph, bucket_cap_mb).
@@ -69,6 +69,8 @@ def parse_row(name: str) -> tuple[str, dict]:
             over["activation_checkpointing"] = True
         elif p == "nocl":  # frames stay in the default (contiguous) layout
             over["channels_last"] = False
+        elif p == "flat":  # several GPUs: no DDP wrapper, one flat-buffer all-reduce after the (graphed) backward
+            over["ddp_comm"] = "flat"
         elif p == "gbv":  # DDP: gradients are views into the all-reduce buckets (no copy into and out of them)
             over.setdefault("_ddp", {})["gradient_as_bucket_view"] = True
         elif p == "static":  # DDP: static_graph (the same parameters get gradients in every step)
@@ -201,6 +203,13 @@ def ddp_breakdown(runner: StepRunner, step, n: int, device) -> dict:
     model_ddp, disc_ddp = (getattr(m, "_orig_mod", m) for m in (p.model_step, p.disc_step))  # under compile
 
     def local_step(i: int) -> None:
+        if runner.reducer is not None:  # --ddp_comm flat: the step without its one all-reduce
+            reducer, runner.reducer = runner.reducer, None
+            try:
+                step(i)
+            finally:
+                runner.reducer = reducer
+            return
         with model_ddp.no_sync(), disc_ddp.no_sync():
             step(i)
 

@@ -31,6 +31,7 @@ def test_row_names_parse_into_config_overrides():
         "precision": "bf16", "_ddp": {"gradient_as_bucket_view": True, "static_graph": True, "bucket_cap_mb": 100}}
     assert bench_step.parse_row("launcher-fp32-notap-mb50")[1] == {"precision": "fp32", "tap_convs": False,
                                                                    "_mem_budget": 0.5}
+    assert bench_step.parse_row("launcher-bf16-b4-flat")[1] == {"precision": "bf16", "batch_size": 4, "ddp_comm": "flat"}
 
 
 def test_memory_probe_finds_the_live_blocks_at_the_peak():
