@@ -116,3 +116,16 @@ def test_aggregate_prior_needs_readable_footage(tmp_path, cache, capsys):
     assert main(["sample", "--checkpoint", str(run), "--num", "2", "--prior_data", missing,
                  "--out", str(tmp_path / "y.png")]) == 0
     assert "note: sampling from N(0, I)" in capsys.readouterr().err
+
+
+def test_training_samples_come_from_the_aggregate_prior_deterministically(tmp_path, cache):
+    """--sample_prior aggregate (the default): the final samples are decoded from the fitted prior, the same pixels for
+    the same run; --sample_prior normal keeps the N(0, I) draws."""
+    pngs = {}
+    for name, extra in (("agg1", ()), ("agg2", ()), ("normal", ("--sample_prior", "normal"))):
+        run = tmp_path / name
+        assert main(tiny_args(run, cache, "--max_steps", "2", *extra)) == 0
+        (png,) = (run / "samples").glob("final_*.png")
+        pngs[name] = png.read_bytes()
+    assert pngs["agg1"] == pngs["agg2"]
+    assert pngs["agg1"] != pngs["normal"]

@@ -535,6 +535,12 @@ class LogConfig:
     num_val_samples_to_log: int = opt(
         2, "clips per logged sample grid (validation reconstructions, fixed-noise samples)", ">= 0")
     demo_num_samples: int = opt(4, "samples written at the end of training", ">= 0")
+    # at the guide's low KL weights the posterior stays far from N(0, I), whose draws then decode to texture noise
+    # (docs/results.md); the aggregate prior is a Gaussian fitted to latents of training windows (models/prior.py)
+    sample_prior: Literal["aggregate", "normal"] = opt(
+        "aggregate", "where logged and final prior samples come from: aggregate (a Gaussian fitted to the latents of "
+        "--sample_prior_windows training windows, refitted each time) or normal (N(0, I), the original's)")
+    sample_prior_windows: int = opt(128, "training windows the aggregate prior is fitted on", ">= 2")
     log_grad_norm: bool = opt(
         False, "also log each network's gradient norm (train/grad_norm_gen, train/grad_norm_disc)")
     progress: bool = opt(True, "progress bars (training, decoding, flow)")

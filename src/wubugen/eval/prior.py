@@ -35,7 +35,7 @@ def encode_latents(cfg: Config, model, device: torch.device, data_path: str | No
                    autocast) -> Tensor:
     """Latents z ~ q(z | x) (one draw each) of `windows` training windows spread evenly over the footage.
     -> (N, D) float32 on the CPU"""
-    from wubugen.data import build_datasets, to_model_range
+    from wubugen.data import build_datasets
 
     path = data_path or cfg.data.video_data_path
     dcfg = dataclasses.replace(cfg.data, video_data_path=path, validation_video_path=None,
@@ -45,13 +45,22 @@ def encode_latents(cfg: Config, model, device: torch.device, data_path: str | No
     except FileNotFoundError as e:
         raise UserError(f"the latent prior is fitted on the run's training footage, which is not readable here ({e}); "
                         "give --prior_data PATH or --prior normal") from e
-    n = min(windows, len(ds))
-    if n < 2:
+    if len(ds) < 2:
         raise UserError(f"{footage_of(cfg, data_path)} has {len(ds)} window(s); the latent prior needs at least 2")
-    idx = torch.linspace(0, len(ds) - 1, n).round().long().unique().tolist()
-    g = torch.Generator().manual_seed(cfg.train.seed + 23)
-    out = []
     model.eval()
+    return encode_dataset(model, ds, windows, device, autocast, cfg.train.seed)
+
+
+@torch.no_grad()
+def encode_dataset(model, ds, windows: int, device: torch.device, autocast, seed: int) -> Tensor:
+    """z ~ q(z | x) of up to `windows` windows of `ds` (uint8 (T, C, H, W) items), evenly spaced; the model in the
+    mode the caller set. -> (N, D) float32 on the CPU"""
+    from wubugen.data import to_model_range
+
+    n = min(windows, len(ds))
+    idx = torch.linspace(0, len(ds) - 1, n).round().long().unique().tolist()
+    g = torch.Generator().manual_seed(seed + 23)
+    out = []
     for start in range(0, len(idx), ENCODE_BATCH):
         clip = torch.stack([ds[i] for i in idx[start:start + ENCODE_BATCH]])
         enc, _ = model.split(to_model_range(clip.to(device)))

@@ -14,12 +14,16 @@ from torch import Tensor
 from wubugen.config import config_toml
 from wubugen.eval.loop import metric_pass
 from wubugen.eval.metrics import LPIPSMetric
+from wubugen.eval.prior import encode_dataset
 from wubugen.media import atomic_write_text, labelled_grid, labelled_video, save_clips, to_uint8
+from wubugen.models.prior import draw_latents, fit_latent_prior
 from wubugen.track.base import Tracker
 from wubugen.track.report import plot_losses
 from wubugen.train.distributed import DistInfo, all_reduce_sum
 from wubugen.train.players import Players
 from wubugen.train.step import StepRunner
+
+PRIOR_RANK = 64  # principal directions of the aggregate prior of logged samples (fitted on 128 windows by default)
 
 
 def announce(players: Players, runner: StepRunner, data, run_dir: Path, per_epoch: int, total: int) -> None:
@@ -116,7 +120,13 @@ def sample_clips(players: Players, runner: StepRunner, data, num: int, noise: Te
                 frames = torch.cat([clip[:, : cfg.data.num_input_frames], frames.float()], 1)
             else:
                 gen = torch.Generator().manual_seed(cfg.train.seed + 11)
-                z = noise if noise is not None else torch.randn((num, *model.latent_shape()), generator=gen)
+                if cfg.log.sample_prior == "aggregate" and len(data.train) >= 2:
+                    # the same draws every time (fixed noise), through a prior refitted to the current latents
+                    z = draw_latents(fit_latent_prior(encode_dataset(
+                        model, data.train, cfg.log.sample_prior_windows, players.device, players.precision.autocast,
+                        cfg.train.seed), rank=PRIOR_RANK), num, gen).reshape(num, *model.latent_shape())
+                else:
+                    z = noise if noise is not None else torch.randn((num, *model.latent_shape()), generator=gen)
                 frames = model.sample(num, noise=z.to(players.device))
         model.train()
     return to_uint8(frames.float()).cpu()
@@ -129,7 +139,8 @@ def log_fixed_noise(players: Players, runner: StepRunner, data, fixed_noise: Ten
         return
     clips = sample_clips(players, runner, data, n, fixed_noise)
     if players.cfg.model.task == "reconstruct":
-        groups, caption = [("samples (fixed noise)", clips)], "prior samples, fixed noise"
+        prior = players.cfg.log.sample_prior
+        groups, caption = [(f"samples (fixed noise, {prior} prior)", clips)], f"prior samples, fixed noise, {prior} prior"
     else:
         t_in = players.cfg.data.num_input_frames
         groups, caption = [("context", clips[:, :t_in]), ("prediction", clips[:, t_in:])], "context | predicted frames"
