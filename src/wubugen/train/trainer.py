@@ -251,7 +251,7 @@ class Trainer:
         self.health.observe_log(values, s.step)  # the guide's troubleshooting rules over what was just logged
 
     def _validate_and_checkpoint(self) -> bool:
-        """Validation, the fixed-noise samples (unless their own interval logged them this step) and a checkpoint.
+        """Validation, the fixed-noise samples (unless they have an interval of their own) and a checkpoint.
         -> True when the stop rule ends the run here (a plateau or threshold of the primary metric)."""
         t, s, fn_every = self.cfg.train, self.state, self.cfg.log.wandb_log_fixed_noise_samples_interval
         with artifacts.rng_fork(self.device):
@@ -270,7 +270,7 @@ class Trainer:
             s.val_history.append(primary)
             self.health.observe_val(metrics, s.step)
             s.end_reason = self.stop_rule.check(s.val_history)
-        if self.is_main and not (fn_every > 0 and s.step % fn_every == 0):
+        if self.is_main and fn_every <= 0:  # with an interval of their own they are logged there, once per interval
             artifacts.log_fixed_noise(self.players, self.runner, self.data, self.fixed_noise, self.tracker, s.step)
         if s.end_reason is not None:
             self.log(f"stop rule ({s.end_reason['kind']}): {s.end_reason['detail']}: the run ends at step {s.step}")
