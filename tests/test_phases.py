@@ -317,3 +317,46 @@ lambda_kl = 0.002
     assert sb["steps"] == 6 and sb["lambda_kl"] == pytest.approx(0.002)
     rec = {r["name"]: r for r in json.loads((root / "phases.json").read_text())["phases"]}
     assert rec["b"]["state"] == "done" and rec["b"]["loaded_from"] == "a"
+
+
+def test_the_report_is_written_while_a_phase_trains(tmp_path, monkeypatch):
+    """--report_every_minutes: the plan's page is rewritten at validations while its phases train (here at every one),
+    with the running phase on it, and once more at the end."""
+    import wubugen.track.html_report as html_report
+
+    real, seen = html_report.write_report, []
+
+    def spy(target, out=None):
+        path = real(target, out)
+        page = Path(path).read_text()
+        seen.append((Path(target), "class='state-running'" in page, "class='state-done'" in page))
+        return path
+
+    monkeypatch.setattr(html_report, "write_report", spy)
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f"""
+preset = "tiny"
+root = "{tmp_path / 'runs'}"
+[options]
+progress = false
+cache_dir = "{tmp_path / 'cache'}"
+max_steps = 4
+val_interval = 2
+report_every_minutes = 1e-9
+[[phase]]
+name = "a"
+""")
+    assert main(["phases", str(plan)]) == 0
+    root = tmp_path / "runs"
+    assert [t for t, _, _ in seen] == [root] * 4  # validations at steps 2 and 4, the run's end, the plan's end
+    assert seen[0][1:] == (True, False) and seen[-1][1:] == (False, True)  # phase a running on the page, then done
+    assert (root / "report.html").is_file() and not (root / "a" / "report.html").exists()
+
+
+def test_a_single_run_writes_its_own_report_only_when_it_was_due(tmp_path):
+    base = ["train", "--preset", "tiny", "--max_steps", "4", "--val_interval", "2", "--progress", "false",
+            "--cache_dir", str(tmp_path / "cache")]
+    assert main(base + ["--checkpoint_dir", str(tmp_path / "r1"), "--report_every_minutes", "1e-9"]) == 0
+    assert "wubugen report: run" in (tmp_path / "r1" / "report.html").read_text()
+    assert main(base + ["--checkpoint_dir", str(tmp_path / "r2")]) == 0  # 10 minutes by default: a short run writes none
+    assert not (tmp_path / "r2" / "report.html").exists()

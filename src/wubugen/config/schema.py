@@ -525,6 +525,10 @@ class LogConfig:
     num_val_samples_to_log: int = opt(
         2, "clips per logged sample grid (validation reconstructions, fixed-noise samples)", ">= 0")
     demo_num_samples: int = opt(4, "samples written at the end of training", ">= 0")
+    report_every_minutes: float = opt(
+        10.0, "> 0: rewrite the HTML report (`wubugen report`) at a validation once this many minutes passed since the "
+        "last (the first after as many minutes of training), and at the end of a run that wrote one: of the run, or of "
+        "its plan when it is a phase of `wubugen phases`; 0: only by `wubugen report`", ">= 0", group="log")
     log_grad_norm: bool = opt(
         False, "also log each network's gradient norm (train/grad_norm_gen, train/grad_norm_disc)")
     progress: bool = opt(True, "progress bars (training, decoding, flow)")

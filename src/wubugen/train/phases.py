@@ -271,7 +271,19 @@ def run_plan(path: str, overrides: dict[str, Any], dry_run: bool = False, preset
             raise
         status.record(name, state="done", end_reason=summary.get("end_reason"))
         prev = name
+    if not dry_run:
+        _write_report(root)
     return 0
+
+
+def _write_report(root: Path) -> None:
+    """The plan's HTML report once it has run through (phases also rewrite it as they train: --report_every_minutes)."""
+    from wubugen.track.html_report import write_report
+
+    try:
+        print(f"report: {write_report(root)}   (wubugen phases status {root}: the table again)")
+    except Exception as e:  # noqa: BLE001 - the phases trained; a report can be written later with `wubugen report`
+        print(f"note: the plan's HTML report was not written ({type(e).__name__}: {e}); try `wubugen report {root}`")
 
 
 # --------------------------------------------------------------------------------------------------------------------
