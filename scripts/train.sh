@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The guide's launcher variables (TRAINING_GUIDE.md §2-4), for one phase. Copy per phase and edit, as the guide says.
-# Multi-GPU: NPROC_PER_NODE=2 ./scripts/train.sh
+# Multi-GPU: NPROC_PER_NODE=2 ./scripts/train.sh ; extra flags pass through: ./scripts/train.sh --max_steps 100
+# Runs from any directory; relative paths (CHECKPOINT_OUTPUT_DIR, VIDEO_DATA_PATH) are taken from the current one.
 set -euo pipefail
 VIDEO_DATA_PATH="${VIDEO_DATA_PATH:-}"                 # empty: synthetic demo footage
 VALIDATION_VIDEO_PATH="${VALIDATION_VIDEO_PATH:-}"
@@ -30,7 +31,25 @@ args=(train --preset "$PRESET" --checkpoint_dir "$CHECKPOINT_OUTPUT_DIR" --epoch
 [ -n "$VALIDATION_VIDEO_PATH" ] && args+=(--validation_video_path "$VALIDATION_VIDEO_PATH")
 [ -n "$LOAD_CHECKPOINT" ] && args+=(--load_checkpoint "$LOAD_CHECKPOINT")
 
-if [ "$NPROC_PER_NODE" -gt 1 ]; then
-  exec torchrun --standalone --nproc_per_node "$NPROC_PER_NODE" -m wubugen "${args[@]}" "$@"
+# Which wubugen: the one on PATH, else this checkout's .venv; in a fresh clone without either, the .venv is made once
+# (as `make train` does). Paths are quoted throughout, so a checkout or run directory may contain spaces.
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${WUBUGEN_VENV:-$REPO/.venv}"
+if command -v wubugen >/dev/null 2>&1; then
+  WUBUGEN="$(command -v wubugen)"
+  PY="$(dirname "$WUBUGEN")/python"
+  [ -x "$PY" ] || PY="python3"
+else
+  if [ ! -x "$VENV/bin/wubugen" ]; then
+    echo "wubugen is not on PATH: setting up $VENV (once; later runs use it)" >&2
+    "${PYTHON:-python3}" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet -e "$REPO"
+  fi
+  WUBUGEN="$VENV/bin/wubugen"
+  PY="$VENV/bin/python"
 fi
-exec wubugen "${args[@]}" "$@"
+
+if [ "$NPROC_PER_NODE" -gt 1 ]; then
+  exec "$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC_PER_NODE" -m wubugen "${args[@]}" "$@"
+fi
+exec "$WUBUGEN" "${args[@]}" "$@"

@@ -393,3 +393,28 @@ def test_lambda_kl_state_dict_round_trip_and_new_phase():
     lam = phase2.decide(interval(), 0.5)
     assert 2.5e-3 <= lam <= 4e-2
     assert len(phase2._agent.reward_hist) == len(lk._agent.reward_hist)  # no reward across the phase change
+
+
+# ---- the guide's §6-7 settings as flags and TOML keys ----------------------------------------------------------------
+def test_q_settings_from_flags_and_toml_reach_the_controllers(tmp_path):
+    from wubugen.config import ConfigError, build_config
+    from wubugen.train.players import q_settings
+
+    cfg = build_config("tiny", overrides={"lr_scale_options": "0.5 2.0", "reward_weights": "g_recon_improvement=7",
+                                          "q_epsilon_start": 0.9, "q_discount": 0.5})
+    s = q_settings(cfg)
+    assert s.lr_scale_options == (0.5, 2.0) and s.weights.g_recon_improvement == 7.0
+    assert s.epsilon_start == 0.9 and s.gamma == 0.5 and s.weights.d_balance_target == qc.WEIGHTS.d_balance_target
+    ctrl = LRMomentumController("gen", seed=3, settings=s)
+    rng = random.Random(0)
+    chosen = {ctrl.decide(random_losses(rng), 1e-4, None)[0] for _ in range(60)}
+    assert chosen <= {0.5, 2.0} and len(chosen) == 2  # only the narrowed options, and both are explored
+
+    toml = tmp_path / "c.toml"
+    toml.write_text("[train]\nlr_scale_options = [0.9, 1.0, 1.1]\n"
+                    "reward_weights = { g_recon_improvement = 3.0, d_balance_target = 1.5 }\n")
+    s = q_settings(build_config("tiny", config_file=str(toml)))
+    assert s.lr_scale_options == (0.9, 1.0, 1.1)
+    assert (s.weights.g_recon_improvement, s.weights.d_balance_target) == (3.0, 1.5)
+    with pytest.raises(ConfigError, match="g_recon_improvement"):
+        q_settings(build_config("tiny", overrides={"reward_weights": "g_recon=3"}))

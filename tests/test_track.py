@@ -299,3 +299,41 @@ def test_tensorboard_writes_scalars_images_and_video(tmp_path):
     assert sorted(acc.Tags()["images"]) == ["samples/fixed_noise_generated", "samples/train_recon"]
     gif = acc.Images("samples/fixed_noise_generated")[0]
     assert gif.encoded_image_string[:6] == b"GIF89a" and (gif.width, gif.height) == (10, 8)
+
+
+# ---- labelled strips -------------------------------------------------------------------------------------------------
+def test_labelled_strip_at_64px_is_scaled_up_with_a_label_row():
+    import numpy as np
+    import torch
+
+    from wubugen.media import GROUP_GAP_PX, LABEL_BG, LABEL_PX, MIN_FRAME_PX, labelled_grid
+    from wubugen.train.artifacts import strip
+
+    n, h = 2, 64
+    ctx, tgt, rec = (torch.full((n, t, 3, h, h), v) for t, v in ((2, -1.0), (1, 0.0), (1, 1.0)))
+    img = strip(ctx, tgt, rec, "reconstruct")
+    k = MIN_FRAME_PX // h  # 64 px frames shown at 128 px
+    body_h = n * h * k + (n - 1) * 2
+    assert img.shape[0] == LABEL_PX + body_h and img.dtype == np.uint8
+    assert img.shape[1] >= 4 * h * k + 2 * GROUP_GAP_PX  # 2 context + 1 target + 1 reconstruction frame, 2 group gaps
+    header, body = img[:LABEL_PX], img[LABEL_PX:]
+    # a label (dark text) over each of the three groups
+    dark_cols = np.where((header < LABEL_BG - 100).any(axis=(0, 2)))[0]
+    ctx_w, tgt_start = 2 * h * k + 2, 2 * h * k + 2 + GROUP_GAP_PX
+    assert (dark_cols < ctx_w).any() and ((dark_cols > tgt_start) & (dark_cols < tgt_start + h * k)).any()
+    assert (dark_cols > tgt_start + h * k + GROUP_GAP_PX).any()
+    # nearest-neighbour upscaling keeps the frames' values: black context, grey target, white reconstruction
+    assert body[0, 0].tolist() == [0, 0, 0] and body[0, tgt_start + 5].tolist() == [128, 128, 128]
+    assert body[0, -5].tolist() == [255, 255, 255]
+    big = labelled_grid([("frames", np.zeros((1, 1, 3, 256, 256), np.uint8))])
+    assert big.shape == (LABEL_PX + 256, 256, 3)  # big frames are not scaled
+
+
+def test_progress_bar_shows_the_guides_console_names():
+    from wubugen.train.artifacts import progress_text
+
+    values = {"train/loss_g_total": 1.25, "train/loss_d_total": 0.5, "train/loss_d_real": 0.25,
+              "train/loss_d_fake": 0.75, "train/loss_g_adv": 0.9, "train/loss_recon": 0.0625, "train/loss_kl": 12.5,
+              "train/lambda_kl": 1e-4}
+    assert progress_text(values) == ("G:1.250 D:0.500 D_real:0.250 D_fake:0.750 Adv:0.900 Rec:0.0625 KL:12.500 "
+                                     "LKL:1.0e-04")

@@ -541,6 +541,10 @@ class LogConfig:
         "aggregate", "where logged and final prior samples come from: aggregate (a Gaussian fitted to the latents of "
         "--sample_prior_windows training windows, refitted each time) or normal (N(0, I), the original's)")
     sample_prior_windows: int = opt(128, "training windows the aggregate prior is fitted on", ">= 2")
+    report_every_minutes: float = opt(
+        10.0, "> 0: rewrite the HTML report (`wubugen report`) at a validation once this many minutes passed since the "
+        "last (the first after as many minutes of training), and at the end of a run that wrote one: of the run, or of "
+        "its plan when it is a phase of `wubugen phases`; 0: only by `wubugen report`", ">= 0", group="log")
     log_grad_norm: bool = opt(
         False, "also log each network's gradient norm (train/grad_norm_gen, train/grad_norm_disc)")
     progress: bool = opt(True, "progress bars (training, decoding, flow)")

@@ -139,6 +139,8 @@ def _panel(title: str, keys: list[str], bands, lines, log: bool, rules, phases) 
     fig, ax = plt.subplots(figsize=(5.2, 3.0))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     values = []
+    short = [k.split("/", 1)[-1] for k in present]  # the full key where two would read alike (gen's and disc's lrscale)
+    labels = [k if short.count(sk) > 1 else sk for k, sk in zip(present, short)]
     for i, k in enumerate(present):
         first = True
         for ph in phases:
@@ -149,7 +151,7 @@ def _panel(title: str, keys: list[str], bands, lines, log: bool, rules, phases) 
             ys = [v for _, v in pts]
             values += [v for v in ys if math.isfinite(v)]
             ax.plot(xs, ys, color=colours[i % len(colours)], lw=1.2, marker="." if len(xs) < 30 else None,
-                    label=k.split("/", 1)[-1] if first else None)
+                    label=labels[i] if first else None)
             first = False
     for lo, hi, label in bands:
         top = hi if hi is not None else max(values + [lo]) * 1.05 + 1e-9
@@ -163,7 +165,11 @@ def _panel(title: str, keys: list[str], bands, lines, log: bool, rules, phases) 
         ax.axvline(ph["offset"], color="#444", ls="--", lw=0.8)
     if len(phases) > 1:
         for ph in phases:
-            if ph["length"] > 0:
+            if ph["state"] in ("skipped", "stopped") and ph["length"] == 0:  # where it would have run, and why not
+                ax.axvline(ph["offset"], color="#9a6700", ls=":", lw=1)
+                ax.text(ph["offset"], 0.5, f"{ph['name']} {ph['state']}", transform=trans, rotation=90, ha="right",
+                        va="center", fontsize=6, color="#9a6700")
+            elif ph["length"] > 0:
                 ax.text(ph["offset"] + ph["length"] / 2, 1.01, ph["name"], transform=trans, ha="center", va="bottom",
                         fontsize=7, color="#444")
     marks = [e["step"] + ph["offset"] for ph in phases for e in ph["events"]

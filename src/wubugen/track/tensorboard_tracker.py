@@ -15,17 +15,18 @@ def _import_tensorboard():
     try:
         from tensorboard.compat.proto.summary_pb2 import Summary
         from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import text as text_summary
     except ImportError:
         raise UserError(
             "--tensorboard needs the tensorboard package: pip install 'wubugen[tensorboard]' (or leave out --tensorboard)"
         ) from None
-    return SummaryWriter, Summary
+    return SummaryWriter, Summary, text_summary
 
 
 class TensorBoardTracker:
     def __init__(self, run_dir: str | Path, purge_step: int | None = None) -> None:
         """purge_step: when resuming at this step, events a crashed run wrote at or after it are hidden."""
-        SummaryWriter, self._Summary = _import_tensorboard()
+        SummaryWriter, self._Summary, self._text = _import_tensorboard()
         self.log_dir = Path(run_dir) / TB_DIR
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
 
@@ -49,7 +50,11 @@ class TensorBoardTracker:
         self.writer._get_file_writer().add_summary(summary, int(step))
 
     def log_event(self, key: str, text: str, step: int) -> None:
-        self.writer.add_text(key, text, int(step))
+        # add_text would file it under `<key>/text_summary`; written here under `key` itself, so TensorBoard's tags are
+        # the keys the local and W&B trackers use (DESIGN §5)
+        summary = self._text(key, text)
+        summary.value[0].tag = key
+        self.writer._get_file_writer().add_summary(summary, int(step))
 
     def finish(self) -> None:
         self.writer.close()

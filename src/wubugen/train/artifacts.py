@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from wubugen.eval.prior import encode_dataset
 from wubugen.media import atomic_write_text, labelled_grid, labelled_video, save_clips, to_uint8
 from wubugen.models.prior import draw_latents, fit_latent_prior
 from wubugen.track.base import Tracker
+from wubugen.track.runinfo import is_plan_root
 from wubugen.track.report import plot_losses
 from wubugen.train.distributed import DistInfo, all_reduce_sum
 from wubugen.train.players import Players
@@ -201,3 +203,35 @@ def progress_text(values: dict[str, float | None]) -> str:
     return (f"G:{v['train/loss_g_total']:.3f} D:{v['train/loss_d_total']:.3f} "
             f"D_real:{v['train/loss_d_real']:.3f} D_fake:{v['train/loss_d_fake']:.3f} Adv:{v['train/loss_g_adv']:.3f} "
             f"Rec:{v['train/loss_recon']:.4f} KL:{v['train/loss_kl']:.3f} LKL:{v['train/lambda_kl']:.1e}")
+
+
+class LiveReport:
+    """The HTML report (track/html_report.py) kept up to date while a run trains, so the page exists before the run
+    ends: rewritten at a validation once --report_every_minutes passed since the last write, and at the end of a run
+    that wrote one. A phase of `wubugen phases` writes its plan's report (every phase on one page), any other run its
+    own. Throttled because the page re-plots every curve: about a second for a plan, which short runs should not pay."""
+
+    def __init__(self, run_dir: Path, minutes: float, is_main: bool):
+        self.run_dir = run_dir
+        self.every = minutes * 60.0 if is_main else 0.0
+        self.last = time.perf_counter()
+        self.written = False
+
+    def target(self) -> Path:
+        parent = self.run_dir.resolve().parent
+        return parent if is_plan_root(parent) else self.run_dir
+
+    def maybe(self, log, final: bool = False) -> Path | None:
+        """Write the report when due (or, with `final`, when one was written before). -> its path, or None."""
+        due = time.perf_counter() - self.last >= self.every
+        if self.every <= 0 or not (self.written if final else due):
+            return None
+        from wubugen.track.html_report import write_report
+
+        try:
+            path = write_report(self.target())
+        except Exception as e:  # noqa: BLE001 - a report is never worth a training run
+            log(f"note: the HTML report was not written: {type(e).__name__}: {e}")
+            return None
+        self.last, self.written = time.perf_counter(), True
+        return path

@@ -302,15 +302,13 @@ class Health:
         self.monitor.counts["nonfinite"] = self.monitor.counts.get("nonfinite", 0) + 1
 
     def _react(self, findings: list[Finding], step: int) -> None:
-        changed = False
         for f in findings:
             done = ""
             if self.auto and f.remedy:
                 done, lrs = self._apply(f.remedy, step)
-                changed |= lrs
+                if lrs:  # at once: a second finding of the same log reads the learning rates this one set
+                    self.reapply_lrs()
             self._emit(f, step, done)
-        if changed:
-            self.reapply_lrs()
 
     def _emit(self, f: Finding, step: int, done: str) -> None:
         text = f.line()

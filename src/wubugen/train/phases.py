@@ -143,8 +143,12 @@ def phase_options(plan: dict[str, Any], index: int, root: Path, overrides: dict[
     ph = {k: v for k, v in plan["phase"][index].items() if k not in PLAN_KEYS}
     name = plan["phase"][index]["name"]
     opts = {**plan.get("options", {}), **ph}
-    if phase_steps > 0:  # a try-out of the plan: short phases, validated often enough for the stop rules to act
+    if phase_steps > 0:  # a try-out of the plan: short phases, validated often enough for the stop rules to act,
+        # with media during training and health windows short enough to fill (the plan's own values win)
         opts.update(max_steps=phase_steps, val_interval=max(1, phase_steps // 8))
+        for k, v in (("wandb_log_train_recon_interval", max(1, phase_steps // 4)),
+                     ("wandb_log_fixed_noise_samples_interval", max(1, phase_steps // 4)), ("health_window", 4)):
+            opts.setdefault(k, v)
     opts.update(overrides)
     if load_from is None and index > 0:
         load_from = plan["phase"][index - 1]["name"]
@@ -267,7 +271,19 @@ def run_plan(path: str, overrides: dict[str, Any], dry_run: bool = False, preset
             raise
         status.record(name, state="done", end_reason=summary.get("end_reason"))
         prev = name
+    if not dry_run:
+        _write_report(root)
     return 0
+
+
+def _write_report(root: Path) -> None:
+    """The plan's HTML report once it has run through (phases also rewrite it as they train: --report_every_minutes)."""
+    from wubugen.track.html_report import write_report
+
+    try:
+        print(f"report: {write_report(root)}   (wubugen phases status {root}: the table again)")
+    except Exception as e:  # noqa: BLE001 - the phases trained; a report can be written later with `wubugen report`
+        print(f"note: the plan's HTML report was not written ({type(e).__name__}: {e}); try `wubugen report {root}`")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -359,7 +375,8 @@ def register(sub) -> None:
                    help="an option for every phase, winning over the plan; PHASE.NAME=VALUE for one phase; NAME is any "
                         "option of `wubugen train --help-all` (repeatable)")
     p.add_argument("--phase-steps", type=int, default=0, metavar="N",
-                   help="shorten every phase to at most N optimizer steps, validating every N/8 (a try-out of the plan: "
-                        "the stop rules and conditions still apply)")
+                   help="shorten every phase to at most N optimizer steps, validating every N/8, logging samples and "
+                        "videos every N/4, with health windows of 4 logs (a try-out of the plan: the stop rules and "
+                        "conditions still apply)")
     p.add_argument("--dry-run", action="store_true", help="print the phases and their options, train nothing")
     p.set_defaults(func=_cmd)

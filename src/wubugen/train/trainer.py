@@ -42,8 +42,8 @@ class Trainer:
         self.control = StopControl(self.signals, dist, device, t.max_seconds, t.save_every_minutes,
                                    t_created=time.perf_counter())  # --max_seconds counts from here (set-up included)
         self._saved_step, self._stop_signal = -1, 0
-        self.run_dir = Path(t.checkpoint_dir)
-        self.is_main = dist.is_main
+        self.run_dir, self.is_main = Path(t.checkpoint_dir), dist.is_main
+        self.report = artifacts.LiveReport(self.run_dir, cfg.log.report_every_minutes, dist.is_main)
         self.log = (lambda m: tqdm.write(str(m), file=sys.stdout)) if self.is_main else (lambda *a, **k: None)
         if t.detect_anomaly:
             torch.autograd.set_detect_anomaly(True)
@@ -82,10 +82,9 @@ class Trainer:
         self.tracker = build_tracker(self.run_dir, cfg.log, cfg.to_dict(), self.is_main,
                                      resume_step=self.state.step if t.resume else None)
         self.health = Health(cfg, p, self.state, self.tracker, self.log, lambda: self._apply_lrs(*self.state.scales))
-        self.stop_rule, self._val_step = StopRule.from_config(t), -1
+        self.stop_rule, self._val_step, self._announced = StopRule.from_config(t), -1, False
         if t.resume:  # a run the stop rule ended stays ended (under the rule it resumes with)
             self.state.end_reason = self.stop_rule.check(self.state.val_history)
-        self._announced = False
 
     # ------------------------------------------------------------------------------------------------------------------
     def save(self, best: bool = False) -> Path | None:
@@ -251,7 +250,7 @@ class Trainer:
         self.health.observe_log(values, s.step)  # the guide's troubleshooting rules over what was just logged
 
     def _validate_and_checkpoint(self) -> bool:
-        """Validation, the fixed-noise samples (unless their own interval logged them this step) and a checkpoint.
+        """Validation, the fixed-noise samples (unless they have an interval of their own) and a checkpoint.
         -> True when the stop rule ends the run here (a plateau or threshold of the primary metric)."""
         t, s, fn_every = self.cfg.train, self.state, self.cfg.log.wandb_log_fixed_noise_samples_interval
         with artifacts.rng_fork(self.device):
@@ -270,12 +269,13 @@ class Trainer:
             s.val_history.append(primary)
             self.health.observe_val(metrics, s.step)
             s.end_reason = self.stop_rule.check(s.val_history)
-        if self.is_main and not (fn_every > 0 and s.step % fn_every == 0):
+        if self.is_main and fn_every <= 0:  # with an interval of their own they are logged there, once per interval
             artifacts.log_fixed_noise(self.players, self.runner, self.data, self.fixed_noise, self.tracker, s.step)
         if s.end_reason is not None:
             self.log(f"stop rule ({s.end_reason['kind']}): {s.end_reason['detail']}: the run ends at step {s.step}")
         self._val_step = s.step
         self.save(best=best)
+        self.report.maybe(self.log)  # the page, while the run trains (every --report_every_minutes)
         return s.end_reason is not None
 
     def _finish(self, elapsed: float) -> dict[str, Any]:
@@ -287,6 +287,7 @@ class Trainer:
                    "health": self.health.summary()}
         if self.is_main:
             artifacts.finish_run(self.players, self.runner, self.data, self.run_dir, summary, s.step)
+            self.report.maybe(self.log, final=True)
             self.log(f"done: {s.step} steps in {elapsed:.0f} s; " +
                      ", ".join(f"{k} {v:.4f}" for k, v in s.last_val.items() if isinstance(v, float)) +
                      f"; checkpoints, samples and report in {self.run_dir}")
