@@ -33,11 +33,16 @@ PIX="--region_codes gated --no-encoder_use_roi_align --encoder_pixel_patch_size 
 collect() {  # $1: a sweep folder -> its table, summary and the first run's final samples into $OUT
   cp "$1/table.md" "$OUT/$2_table.md"; cp "$1/summary.json" "$OUT/$2_summary.json"
 }
+with_peer() {  # $1: the section, $2: seconds, then quality_sweep.py's own options: the peer runs beside them
+  local name=$1 secs=$2; shift 2
+  python3 benchmarks/quality_sweep.py --data $D --out /tmp/$name --seconds "$secs" \
+    --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py "$@" | tee "$OUT/$name.txt"
+  collect /tmp/$name $name
+}
 for s in ${*:-sweep}; do
   case $s in
     sweep)  # concurrent runs: compare at equal steps
-      python3 benchmarks/quality_sweep.py --data $D --out /tmp/sweep --seconds "${SECONDS_SWEEP:-330}" \
-        --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py \
+      with_peer sweep "${SECONDS_SWEEP:-330}" \
         --run "nocodes=$NEW --region_codes none" \
         --run "nocodes_noema=$NEW --region_codes none --ema_decay 0" \
         --run "nocodes_noflip=$NEW --region_codes none --no-augment_flip" \
@@ -45,36 +50,24 @@ for s in ${*:-sweep}; do
         --run "pix_nogan=$NEW $PIX --lambda_gan 0" \
         --run "pix_gan1=$NEW $PIX --lambda_gan 1" \
         --run "pix_euclid=$NEW $PIX --wubu_euclidean" \
-        --run "pix_cw=$NEW $PIX --compile_wubu" | tee "$OUT/sweep.txt"
-      collect /tmp/sweep sweep
+        --run "pix_cw=$NEW $PIX --compile_wubu"
       for r in pix pix_nogan; do cp /tmp/sweep/$r/samples/final_*.png "$OUT/samples_$r.png" 2>/dev/null; done ;;
     generalise)  # the next questions (docs/results.md "Not yet done"): what closes the gap to the peer, at equal steps
       R="$NEW --region_codes none --ema_decay 0 --lambda_gan 1 --val_interval 600"
-      python3 benchmarks/quality_sweep.py --data $D --out /tmp/gen --seconds "${SECONDS_SWEEP:-330}" --prebuild 64 \
-        --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py \
-        --run "base=$R" --run "kl1e-3=$R --lambda_kl 1e-3" --run "kl6e-3=$R --lambda_kl 6e-3" \
+      with_peer generalise "${SECONDS_SWEEP:-330}" --prebuild 64 --run "base=$R" --run "kl1e-3=$R --lambda_kl 1e-3" --run "kl6e-3=$R --lambda_kl 6e-3" \
         --run "noclip=$R --global_max_grad_norm 0" --run "nogan=$R --lambda_gan 0" \
         --run "wd1e-2=$R --weight_decay 1e-2" --run "pix_cw=$R $PIX --compile_wubu" \
-        --run "pix_cw_euclid=$R $PIX --compile_wubu --wubu_euclidean" | tee "$OUT/generalise.txt"
-      collect /tmp/gen generalise ;;
+        --run "pix_cw_euclid=$R $PIX --compile_wubu --wubu_euclidean" ;;
     backbone)  # the next session's ablations (docs/results.md "What is left"): the backbone and the GAN, at equal steps
       R="$NEW --region_codes none --ema_decay 0 --lambda_gan 1 --val_interval 600"
-      python3 benchmarks/quality_sweep.py --data $D --out /tmp/bb --seconds "${SECONDS_SWEEP:-330}" --prebuild 64 \
-        --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py \
-        --run "base=$R" --run "nogan=$R --lambda_gan 0" --run "gan_late=$R --lambda_gan 0.1 --gan_start_step 3000" \
+      with_peer backbone "${SECONDS_SWEEP:-330}" --prebuild 64 --run "base=$R" --run "nogan=$R --lambda_gan 0" --run "gan_late=$R --lambda_gan 0.1 --gan_start_step 3000" \
         --run "gen_t_all=$R --gen_temporal_stages all" --run "lat16=$R --latent_channels 16" \
-        --run "lr6e-4=$R --learning_rate_gen 6e-4" --run "wide=$R --gen_base_channels 96 --encoder_shallow_cnn_channels 96" \
-        | tee "$OUT/backbone.txt"
-      collect /tmp/bb backbone ;;
+        --run "lr6e-4=$R --learning_rate_gen 6e-4" --run "wide=$R --gen_base_channels 96 --encoder_shallow_cnn_channels 96" ;;
     speed)  # each alone for a short while: steps/s and set-up, to turn equal steps into equal GPU time
-      python3 benchmarks/quality_sweep.py --data $D --out /tmp/speed --seconds "${SECONDS_SPEED:-45}" --sequential \
-        --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py --run "nocodes=$NEW --region_codes none" \
-        --run "pix=$NEW $PIX" --run "pix_cw=$NEW $PIX --compile_wubu" | tee "$OUT/speed.txt"
-      collect /tmp/speed speed ;;
+      with_peer speed "${SECONDS_SPEED:-45}" --sequential --run "nocodes=$NEW --region_codes none" \
+        --run "pix=$NEW $PIX" --run "pix_cw=$NEW $PIX --compile_wubu" ;;
     final)
-      python3 benchmarks/quality_sweep.py --data $D --out /tmp/final --seconds "${SECONDS_FINAL:-150}" --sequential --prebuild 64 \
-        --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py --run "recipe=$NEW ${RECIPE:-}" | tee "$OUT/final.txt"
-      collect /tmp/final final
+      with_peer final "${SECONDS_FINAL:-150}" --sequential --prebuild 64 --run "recipe=$NEW ${RECIPE:-}"
       cp /tmp/final/recipe/samples/final_*.png "$OUT/final_samples.png" 2>/dev/null
       cp -r /tmp/final/recipe/media "$OUT/final_media" 2>/dev/null ;;
     alone)  # wubugen's recipe with RECIPE's changes alone for SECONDS_FINAL, no peer: a probe against a final call's curve

@@ -1,11 +1,8 @@
-"""`--ddp_comm flat`: one all-reduce of a flat gradient buffer gives DDP's averaged gradients (gloo, 2 CPU ranks), and
-a whole flat-mode torchrun training keeps the ranks' weights identical."""
+"""`--ddp_comm flat`: one all-reduce of a flat gradient buffer gives DDP's averaged gradients (gloo, 2 CPU ranks). A
+whole flat-mode torchrun training is tests/test_train.py's DDP test, run for both modes."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import torch
 import torch.distributed as dist
@@ -80,36 +77,3 @@ def _reducer_worker(rank: int, init_file: str, out: str) -> None:
     red.reduce()
     torch.save((a.grad, b.grad, c.grad is None), os.path.join(out, f"red{rank}.pt"))
     dist.destroy_process_group()
-
-
-FLAT_WORKER = textwrap.dedent("""
-    import hashlib, os, sys, torch
-    from wubugen.config import build_config
-    from wubugen.train.distributed import init_distributed, cleanup
-    from wubugen.train.trainer import Trainer
-    torch.set_num_threads(1)
-    cfg = build_config("tiny", overrides={"cache_dir": sys.argv[1], "checkpoint_dir": sys.argv[2], "max_steps": 4,
-                                          "progress": False, "log_interval": 2, "batch_size": 2, "ddp_comm": "flat"})
-    dist, device = init_distributed("cpu")
-    tr = Trainer(cfg, dist, device)
-    assert tr.runner.reducer is not None
-    tr.fit()
-    h = hashlib.sha256()
-    for p in list(tr.players.model.parameters()) + list(tr.players.disc.parameters()):
-        h.update(p.detach().numpy().tobytes())
-    open(os.path.join(sys.argv[2], f"rank{dist.rank}.sha"), "w").write(h.hexdigest())
-    cleanup(dist)
-""")
-
-
-def test_flat_mode_torchrun_ranks_hold_identical_weights(tmp_path, cache):
-    script = tmp_path / "worker.py"
-    script.write_text(FLAT_WORKER)
-    run = tmp_path / "run"
-    run.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29533", str(script), cache, str(run)], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (run / "rank0.sha").read_text() == (run / "rank1.sha").read_text()
-    assert (run / "last.json").exists()

@@ -213,9 +213,11 @@ DDP_WORKER = textwrap.dedent("""
     from wubugen.train.trainer import Trainer
     torch.set_num_threads(1)
     cfg = build_config("tiny", overrides={"cache_dir": sys.argv[1], "checkpoint_dir": sys.argv[2], "max_steps": 6,
-                                          "progress": False, "log_interval": 2, "batch_size": 2})
+                                          "progress": False, "log_interval": 2, "batch_size": 2,
+                                          "ddp_comm": sys.argv[3]})
     dist, device = init_distributed("cpu")
     tr = Trainer(cfg, dist, device)
+    assert (tr.runner.reducer is not None) == (sys.argv[3] == "flat")  # flat: one all-reduce after the backward
     tr.fit()
     h = hashlib.sha256()
     for p in list(tr.players.model.parameters()) + list(tr.players.disc.parameters()):
@@ -225,14 +227,16 @@ DDP_WORKER = textwrap.dedent("""
 """)
 
 
-def test_ddp_gloo_ranks_hold_identical_weights(tmp_path, cache):
+@pytest.mark.parametrize("comm", ["ddp", "flat"])
+def test_ddp_gloo_ranks_hold_identical_weights(tmp_path, cache, comm):
     script = tmp_path / "worker.py"
     script.write_text(DDP_WORKER)
     run = tmp_path / "run"
     run.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29517", str(script), cache, str(run)], env=env, capture_output=True, text=True, timeout=600)
+                           str(29517 + (comm == "flat")), str(script), cache, str(run), comm], env=env,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (run / "rank0.sha").read_text(), (run / "rank1.sha").read_text()
     assert a == b
