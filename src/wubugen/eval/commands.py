@@ -182,8 +182,9 @@ DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda or cuda:N"
 def register(sub) -> None:
     p = sub.add_parser(
         "sample", help="write samples of a trained model as MP4, GIF or a PNG grid", formatter_class=HelpFormatter,
-        description="Decode prior samples of a trained model (reconstruct task), or, with --context, the frames it "
-                    "makes from the first window of a video: the context frames followed by the generated ones.",
+        description="Decode prior samples of a trained model (reconstruct task; drawn from a Gaussian fitted to the "
+                    "latents of its training windows unless --prior normal), or, with --context, the frames it makes "
+                    "from the first window of a video: the context frames followed by the generated ones.",
         epilog=SAMPLE_EXAMPLES)
     p.add_argument("--checkpoint", required=True, metavar="PATH", help=CHECKPOINT_HELP)
     p.add_argument("--num", type=int, default=4, metavar="N", help="clips to write")
