@@ -89,7 +89,7 @@ for s in ${*:-sweep}; do
         python3 -m wubugen sample --checkpoint /tmp/plan/$ph --num 16 --prior normal --out "$OUT/normal_$ph.png" 2>&1 | tail -1
         cp /tmp/plan/$ph/summary.json "$OUT/summary_$ph.json" 2>/dev/null
       done
-      mkdir -p "$OUT/plan" && (cd /tmp/plan && find . \( -name "*.jsonl" -o -name "*.json" -o -name "*.toml" \
+      mkdir -p "$OUT/plan" && (cd /tmp/plan && find . \( -name "*.jsonl" -o -name "*.json" -o -name "*.toml" -o -name "*.html" \
         -o -name "*.png" \) -not -path "./*/step_*" | head -400 | xargs -r cp --parents -t "$OUT/plan")
       # the device tool brings back a limited number of files: one archive holds the rest
       (cd "$OUT" && tar czf phases.tgz plan prior_*.png normal_*.png summary_*.json && rm -rf plan normal_*.png summary_*.json) ;;
