@@ -1,7 +1,22 @@
 """`wubugen phases`: phases run in order, each from the previous best, and a re-run skips finished phases."""
 import json
+from pathlib import Path
 
 from wubugen.cli import main
+
+
+def write_plan(tmp_path, body: str) -> Path:
+    """plan.toml in tmp_path: the tiny preset, runs/ and cache/ under tmp_path, no progress bars, then `body` (more
+    [options] keys and the [[phase]] tables)."""
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f"""
+preset = "tiny"
+root = "{tmp_path / 'runs'}"
+[options]
+progress = false
+cache_dir = "{tmp_path / 'cache'}"
+""" + body)
+    return plan
 
 
 def test_phase_plan_runs_in_order_and_skips_done_phases(tmp_path, capsys):
@@ -277,14 +292,7 @@ def test_a_required_phase_whose_conditions_fail_stops_the_plan(handover, tmp_pat
 def test_an_interrupted_phase_shows_as_such_and_resumes_when_the_plan_runs_again(tmp_path, capsys, monkeypatch):
     from wubugen.train.step import StepRunner
 
-    plan = tmp_path / "plan.toml"
-    plan.write_text(f"""
-preset = "tiny"
-root = "{tmp_path / 'runs'}"
-[options]
-progress = false
-cache_dir = "{tmp_path / 'cache'}"
-[[phase]]
+    plan = write_plan(tmp_path, """[[phase]]
 name = "a"
 max_steps = 2
 [[phase]]
@@ -333,14 +341,7 @@ def test_the_report_is_written_while_a_phase_trains(tmp_path, monkeypatch):
         return path
 
     monkeypatch.setattr(html_report, "write_report", spy)
-    plan = tmp_path / "plan.toml"
-    plan.write_text(f"""
-preset = "tiny"
-root = "{tmp_path / 'runs'}"
-[options]
-progress = false
-cache_dir = "{tmp_path / 'cache'}"
-max_steps = 4
+    plan = write_plan(tmp_path, """max_steps = 4
 val_interval = 2
 report_every_minutes = 1e-9
 [[phase]]
