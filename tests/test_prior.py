@@ -84,8 +84,9 @@ def test_sample_fits_stores_and_reuses_the_prior(tmp_path, cache, capsys):
     step_dir = resolve_checkpoint(run, prefer="best")
     capsys.readouterr()
     assert main(["sample", "--checkpoint", str(run), "--num", "4", "--out", str(tmp_path / "a.png")]) == 0
-    err = capsys.readouterr().err
-    assert "latent prior: fitted on" in err and (step_dir / PRIOR_FILE).is_file()
+    said = capsys.readouterr()
+    assert "latent prior: fitted on" in said.err and (step_dir / PRIOR_FILE).is_file()
+    assert "aggregate prior" in said.out
     stored = safetensors.torch.load_file(str(step_dir / PRIOR_FILE))
     assert stored["mean"].numel() == stored["residual_var"].numel() > 0
     first = (tmp_path / "a.png").read_bytes()
@@ -96,6 +97,7 @@ def test_sample_fits_stores_and_reuses_the_prior(tmp_path, cache, capsys):
     # N(0, I) is still there and gives other samples
     assert main(["sample", "--checkpoint", str(run), "--num", "4", "--prior", "normal",
                  "--out", str(tmp_path / "n.png")]) == 0
+    assert "N(0, I) prior" in capsys.readouterr().out
     assert (tmp_path / "n.png").read_bytes() != first
     # a different fit (rank) is fitted again rather than a stale one reused
     assert main(["sample", "--checkpoint", str(run), "--num", "4", "--prior_rank", "3",

@@ -116,7 +116,9 @@ def _sample_cmd(args: argparse.Namespace) -> int:
     else:  # side by side in every frame: --num is bounded by the format's width, so are the clips held
         save_clips(out, torch.cat(list(batches)), fps=args.fps)
     t_out, (ch, cw) = shape[0][1], shape[0][-2:]
-    print(f"wrote {out} ({args.num} clips of {t_out} frames, {ch}x{cw}) from {c.path}")
+    source = "" if args.context or cfg.model.task == "predict" else (
+        ", aggregate prior" if args.latent_prior is not None else ", N(0, I) prior")
+    print(f"wrote {out} ({args.num} clips of {t_out} frames, {ch}x{cw}{source}) from {c.path}")
     return 0
 
 
