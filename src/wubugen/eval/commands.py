@@ -14,7 +14,7 @@ from wubugen.checkpoint import load_trained
 from wubugen.config import Config, HelpFormatter
 from wubugen.errors import UserError
 from wubugen.media import atomic_write_text
-from wubugen.models.prior import draw_latents
+from wubugen.models.prior import prior_noise
 
 
 def _device(name: str) -> torch.device:
@@ -61,20 +61,18 @@ def _sample_batches(args: argparse.Namespace, cfg: Config, model, device: torch.
                 else:  # reconstruct: the window's last frames rebuilt from its posterior mean
                     frames = torch.cat([batch[:, :t_in], model(batch, sample_posterior=False).recon.float()], 1)
             else:  # noise drawn on the CPU from the seeded generator (the same clips on any device)
-                if prior is not None:
-                    noise = draw_latents(prior, n, g).reshape(n, *model.latent_shape())
-                else:
-                    noise = torch.randn((n, *model.latent_shape()), generator=g)
-                frames = model.sample(n, noise=noise)
+                frames = model.sample(n, noise=prior_noise(prior, n, model.latent_shape(), g))
         yield to_uint8(frames.float()).cpu()
 
 
-def _latent_prior(args: argparse.Namespace, cfg: Config, model, device: torch.device, step_dir: Path):
+def _latent_prior(args: argparse.Namespace, cfg: Config, model, device: torch.device, step_dir: Path,
+                  prior_samples: bool):
     """--prior: aggregate (fitted on the training footage's latents, eval/prior.py), normal (N(0, I)), or auto
-    (aggregate for prior samples of a reconstruct-task model, N(0, I) with a note when its footage is not readable)."""
+    (aggregate for prior samples of a reconstruct-task model, N(0, I) with a note when its footage is not readable).
+    prior_samples: the clips are decoded from prior latents (reconstruct task, no --context)."""
     from wubugen.eval.prior import prior_for
 
-    if args.prior == "normal" or args.context or cfg.model.task == "predict":
+    if args.prior == "normal" or not prior_samples:
         if args.prior == "aggregate":
             raise UserError("--prior aggregate is for prior samples of a reconstruct-task model (no --context)")
         return None
@@ -108,7 +106,8 @@ def _sample_cmd(args: argparse.Namespace) -> int:
         raise UserError(f"--num {args.num}: a {out.suffix.lower()} holds at most {most} clips of {h}x{w} {layout}; "
                         f"lower --num, write several files (--seed), or write a .png grid (up to "
                         f"{max_clips('x.png', h, w)} clips, written in batches)")
-    args.latent_prior = _latent_prior(args, cfg, model, device, Path(c.path))
+    prior_samples = not args.context and cfg.model.task == "reconstruct"
+    args.latent_prior = _latent_prior(args, cfg, model, device, Path(c.path), prior_samples)
     shape: list[tuple[int, ...]] = []
     batches = (shape.append(tuple(b.shape)) or b for b in _sample_batches(args, cfg, model, device))
     if out.suffix.lower() == ".png":  # a grid, band by band: memory holds one batch
@@ -116,8 +115,7 @@ def _sample_cmd(args: argparse.Namespace) -> int:
     else:  # side by side in every frame: --num is bounded by the format's width, so are the clips held
         save_clips(out, torch.cat(list(batches)), fps=args.fps)
     t_out, (ch, cw) = shape[0][1], shape[0][-2:]
-    source = "" if args.context or cfg.model.task == "predict" else (
-        ", aggregate prior" if args.latent_prior is not None else ", N(0, I) prior")
+    source = "" if not prior_samples else (", aggregate prior" if args.latent_prior is not None else ", N(0, I) prior")
     print(f"wrote {out} ({args.num} clips of {t_out} frames, {ch}x{cw}{source}) from {c.path}")
     return 0
 

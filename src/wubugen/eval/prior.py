@@ -42,9 +42,9 @@ def encode_latents(cfg: Config, model, device: torch.device, data_path: str | No
                                validation_split_fraction=0.0, augment_flip=False, augment_random_crop=False)
     try:
         ds = build_datasets(dataclasses.replace(cfg, data=dcfg)).train
-    except FileNotFoundError as e:
-        raise UserError(f"the latent prior is fitted on the run's training footage, which is not readable here ({e}); "
-                        "give --prior_data PATH or --prior normal") from e
+    except UserError as e:  # the footage's own one-line reason (a moved path, no frames, ...) and what to do here
+        raise UserError(f"the latent prior could not be fitted on {footage_of(cfg, data_path)} ({e}); give "
+                        "--prior_data PATH or --prior normal") from e
     if len(ds) < 2:
         raise UserError(f"{footage_of(cfg, data_path)} has {len(ds)} window(s); the latent prior needs at least 2")
     model.eval()

@@ -92,3 +92,12 @@ def draw_latents(prior: LatentPrior, num: int, generator: torch.Generator | None
     eps_k = torch.randn((num, prior.rank), generator=generator)
     eps_d = torch.randn((num, prior.dim), generator=generator)
     return sample_latent_prior(prior, eps_k, eps_d)
+
+
+def prior_noise(prior: LatentPrior | None, num: int, shape: tuple[int, ...],
+                generator: torch.Generator | None = None) -> Tensor:
+    """num latents of `shape` (num, *shape) from the fitted prior, or from N(0, I) without one; the noise comes from
+    `generator` on the CPU."""
+    if prior is None:
+        return torch.randn((num, *shape), generator=generator)
+    return draw_latents(prior, num, generator).reshape(num, *shape)

@@ -17,7 +17,7 @@ from wubugen.eval.loop import metric_pass
 from wubugen.eval.metrics import LPIPSMetric
 from wubugen.eval.prior import encode_dataset
 from wubugen.media import atomic_write_text, labelled_grid, labelled_video, save_clips, to_uint8
-from wubugen.models.prior import draw_latents, fit_latent_prior
+from wubugen.models.prior import fit_latent_prior, prior_noise
 from wubugen.track.base import Tracker
 from wubugen.track.runinfo import is_plan_root
 from wubugen.track.report import plot_losses
@@ -122,13 +122,13 @@ def sample_clips(players: Players, runner: StepRunner, data, num: int, noise: Te
                 frames = torch.cat([clip[:, : cfg.data.num_input_frames], frames.float()], 1)
             else:
                 gen = torch.Generator().manual_seed(cfg.train.seed + 11)
+                prior = None
                 if cfg.log.sample_prior == "aggregate" and len(data.train) >= 2:
                     # the same draws every time (fixed noise), through a prior refitted to the current latents
-                    z = draw_latents(fit_latent_prior(encode_dataset(
-                        model, data.train, cfg.log.sample_prior_windows, players.device, players.precision.autocast,
-                        cfg.train.seed), rank=PRIOR_RANK), num, gen).reshape(num, *model.latent_shape())
-                else:
-                    z = noise if noise is not None else torch.randn((num, *model.latent_shape()), generator=gen)
+                    prior = fit_latent_prior(encode_dataset(model, data.train, cfg.log.sample_prior_windows,
+                                                            players.device, players.precision.autocast,
+                                                            cfg.train.seed), rank=PRIOR_RANK)
+                z = noise if prior is None and noise is not None else prior_noise(prior, num, model.latent_shape(), gen)
                 frames = model.sample(num, noise=z.to(players.device))
         model.train()
     return to_uint8(frames.float()).cpu()

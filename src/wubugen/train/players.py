@@ -17,6 +17,7 @@ from wubugen.models.layers import set_activation_checkpointing
 from wubugen.models.vaegan import WuBuGAADHybridGen, build_model
 from wubugen.train.distributed import DistInfo
 from wubugen.train.ema import EMA
+from wubugen.train.grad_sync import FlatGradReducer, broadcast_state
 from wubugen.train.losses import VAEGANLoss
 from wubugen.train.optim import build_optimizer
 from wubugen.train.qcontrol import LambdaKLController, LRMomentumController, QSettings, RewardWeights
@@ -41,6 +42,9 @@ class Players:
     q_gen: LRMomentumController | None = None
     q_disc: LRMomentumController | None = None
     q_lkl: LambdaKLController | None = None
+    # --ddp_comm flat under torchrun: the players are plain modules and this averages their gradients after the
+    # backward (train/grad_sync.py); None with DDP or one process
+    grad_sync: FlatGradReducer | None = None
 
     def __post_init__(self) -> None:
         self.g_params = [p for p in self.model.parameters() if p.requires_grad]
@@ -77,10 +81,9 @@ def build_players(cfg: Config, device: torch.device, dist: DistInfo | None = Non
     speed_layout(cfg, model, disc, device, precision)
     model_step: nn.Module = model
     disc_step: nn.Module = disc
-    if dist is not None and dist.enabled and t.ddp_comm == "flat":
-        from wubugen.train.grad_sync import broadcast_state
-
-        broadcast_state([model, disc])  # plain modules: the step's gradients are averaged by train/grad_sync.py
+    flat_sync = dist is not None and dist.enabled and t.ddp_comm == "flat"
+    if flat_sync:
+        broadcast_state([model, disc])  # plain modules: the step's gradients are averaged by grad_sync below
     elif dist is not None and dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -101,6 +104,8 @@ def build_players(cfg: Config, device: torch.device, dist: DistInfo | None = Non
         disc_step = compile_player(disc_step, t.compile_mode)
         frozen_disc = compile_player(disc, t.compile_mode)
     players = players_from_modules(cfg, device, model, disc, model_step, disc_step, frozen_disc, precision)
+    if flat_sync:
+        players.grad_sync = FlatGradReducer(players.g_params + players.d_params, dist.world_size)
     if t.q_controller_enabled:
         settings = q_settings(cfg)
         players.q_gen = LRMomentumController("gen", seed=t.seed + 1, settings=settings)

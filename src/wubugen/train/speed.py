@@ -88,8 +88,9 @@ def compile_player(module: nn.Module, mode: str = "default") -> nn.Module:
 
 
 def use_cuda_graphs(cfg: Config, device: torch.device, world_size: int) -> bool:
-    """`--cuda_graphs`: on for one CUDA process, or several with `--ddp_comm flat` (no DDP hooks in the backward),
-    without gradient accumulation (what capture supports here)."""
+    """`--cuda_graphs`: on without gradient accumulation where no DDP hooks run in the backward (what capture supports
+    here). world_size: the processes whose gradients DDP syncs in the backward (1 for one process or `--ddp_comm
+    flat`, whose all-reduce runs after it)."""
     if not cfg.train.cuda_graphs or device.type != "cuda":
         return False
-    return (world_size == 1 or cfg.train.ddp_comm == "flat") and cfg.train.grad_accum_steps == 1
+    return world_size == 1 and cfg.train.grad_accum_steps == 1

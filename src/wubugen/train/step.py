@@ -126,13 +126,9 @@ class StepRunner:
         self.nonfinite_steps = torch.zeros((), dtype=torch.int64, device=device)
         self.consecutive_nonfinite = torch.zeros((), dtype=torch.int64, device=device)
         world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        self.graphs_on = use_cuda_graphs(cfg, device, world)
-        # --ddp_comm flat: the players are plain modules (train/players.py); the gradients are averaged here
-        self.reducer = None
-        if world > 1 and cfg.train.ddp_comm == "flat":
-            from wubugen.train.grad_sync import FlatGradReducer
-
-            self.reducer = FlatGradReducer(p.g_params + p.d_params, world)
+        # --ddp_comm flat: the players are plain modules whose gradients this averages after the backward
+        self.reducer = p.grad_sync
+        self.graphs_on = use_cuda_graphs(cfg, device, 1 if self.reducer is not None else world)
         self._graphs: dict[tuple, _Captured] = {}
         self._graph_pool = None
         self._side_stream = torch.cuda.Stream(device) if self.graphs_on else None
