@@ -6,6 +6,10 @@
 #   bash benchmarks/gpu_quality.sh speed      the peer and some configurations alone for a short while: steps/s, set-up
 #   bash benchmarks/gpu_quality.sh generalise KL weight, clipping, weight decay, Euclidean WuBu on the recipe, at once
 #   bash benchmarks/gpu_quality.sh backbone   GAN schedule, generator temporal stages, latent width, LR, widths, at once
+#   bash benchmarks/gpu_quality.sh bisect     the peer's backbone piece by piece (3-D encoder, no FiLM, temporal stages)
+#   bash benchmarks/gpu_quality.sh diagnose   depth, CUDA graphs, workers and the peer's exact objective, without the GAN
+#   bash benchmarks/gpu_quality.sh plain      the peer's network inside wubugen (--backbone plain), with and without the GAN
+#   bash benchmarks/gpu_quality.sh hybrid     region codes and FiLM on the plain backbone, GAN on
 #   bash benchmarks/gpu_quality.sh final      the peer, then wubugen's recipe, each alone for SECONDS (equal GPU time)
 #   bash benchmarks/gpu_quality.sh alone      wubugen's recipe with RECIPE's changes alone for SECONDS_FINAL (no peer)
 #   bash benchmarks/gpu_quality.sh phases     the guide's phase plan end to end at 64x64 (shortened), prior samples per phase
@@ -63,6 +67,29 @@ for s in ${*:-sweep}; do
       with_peer backbone "${SECONDS_SWEEP:-330}" --prebuild 64 --run "base=$R" --run "nogan=$R --lambda_gan 0" --run "gan_late=$R --lambda_gan 0.1 --gan_start_step 3000" \
         --run "gen_t_all=$R --gen_temporal_stages all" --run "lat16=$R --latent_channels 16" \
         --run "lr6e-4=$R --learning_rate_gen 6e-4" --run "wide=$R --gen_base_channels 96 --encoder_shallow_cnn_channels 96" ;;
+    bisect)  # the peer's backbone piece by piece on the recipe (docs/results.md "What is left"), at equal steps
+      R="$NEW --region_codes none --ema_decay 0 --lambda_gan 1 --val_interval 600"
+      P="--encoder_temporal_kernel_size 3 --no-gen_region_film --gen_temporal_stages all"
+      with_peer bisect "${SECONDS_SWEEP:-330}" --prebuild 64 --run "base=$R" --run "enc3d=$R --encoder_temporal_kernel_size 3" \
+        --run "nofilm=$R --no-gen_region_film" --run "gen_t_all=$R --gen_temporal_stages all" --run "peerlike=$R $P" \
+        --run "peerlike_gan01=$R $P --lambda_gan 0.1 --gan_start_step 2000" --run "peerlike_nogan=$R $P --lambda_gan 0" ;;
+    diagnose)  # why the peer's own pieces lose inside wubugen (call 8): depth, the step's machinery, the peer's exact objective
+      R="$NEW --region_codes none --ema_decay 0 --lambda_gan 0 --val_interval 600"
+      P="$R --encoder_temporal_kernel_size 3 --no-gen_region_film --gen_temporal_stages all"
+      with_peer diagnose "${SECONDS_SWEEP:-330}" --prebuild 64 --run "base=$R" --run "base_nographs=$R --no-cuda_graphs" \
+        --run "peerlike=$P" --run "peerlike_r0=$P --encoder_res_blocks 0" \
+        --run "peerlike_r0_obj=$P --encoder_res_blocks 0 --global_max_grad_norm 0 --kl_reduction sum --lambda_kl 1e-6" \
+        --run "peerlike_nographs=$P --no-cuda_graphs" --run "peerlike_w0=$P --num_workers 0" ;;
+    plain)  # the peer's own network inside wubugen's training (--backbone plain, call 9): backbone or training?
+      R="$NEW --region_codes none --ema_decay 0 --lambda_gan 0 --val_interval 600"
+      O="--global_max_grad_norm 0 --kl_reduction sum --lambda_kl 1e-6"
+      with_peer plain "${SECONDS_SWEEP:-330}" --prebuild 64 --run "base=$R" --run "base_r0=$R --encoder_res_blocks 0 --gen_res_blocks 0" \
+        --run "plain=$R --backbone plain" --run "plain_obj=$R --backbone plain $O" \
+        --run "plain_gan=$R --backbone plain --lambda_gan 1" --run "plain_obj_gan01=$R --backbone plain $O --lambda_gan 0.1" ;;
+    hybrid)  # the WuBu-GAAD parts on the plain backbone (call 10): region codes and FiLM against the bare network
+      R="$NEW --region_codes none --ema_decay 0 --lambda_gan 1 --val_interval 400 --backbone plain --no-compile_wubu"
+      with_peer hybrid "${SECONDS_SWEEP:-330}" --prebuild 64 --run "plain=$R --no-gen_region_film" \
+        --run "plain_film=$R" --run "plain_codes_film=$R $PIX" ;;
     speed)  # each alone for a short while: steps/s and set-up, to turn equal steps into equal GPU time
       with_peer speed "${SECONDS_SPEED:-45}" --sequential --run "nocodes=$NEW --region_codes none" \
         --run "pix=$NEW $PIX" --run "pix_cw=$NEW $PIX --compile_wubu" ;;
@@ -93,6 +120,6 @@ for s in ${*:-sweep}; do
         -o -name "*.png" \) -not -path "./*/step_*" | head -400 | xargs -r cp --parents -t "$OUT/plan")
       # the device tool brings back a limited number of files: one archive holds the rest
       (cd "$OUT" && tar czf phases.tgz plan prior_*.png normal_*.png summary_*.json && rm -rf plan normal_*.png summary_*.json) ;;
-    *) echo "unknown section $s (sweep generalise backbone speed final alone phases)"; exit 2 ;;
+    *) echo "unknown section $s (sweep generalise backbone bisect diagnose plain hybrid speed final alone phases)"; exit 2 ;;
   esac
 done

@@ -19,6 +19,13 @@ from wubugen.train.step import LOSS_KEYS, StepRunner
 
 RECORD = json.loads((Path(__file__).parent / "golden" / "step_tiny_a634ee6.json").read_text())
 # option -> the value that reproduces a634ee6, for options added after it whose defaults changed the model or losses
+# float32 on different CPUs (AVX-512 against AVX2 kernels) sums in different orders: the KL term of the record's
+# second step came out 1.2e-6 relative apart on an AMD EPYC. A change of the math moves the losses by far more
+# (reordering two layers' initialisation moved it by 40%).
+LOSS_REL = 1e-5
+# Adam's first steps are about lr * sign(gradient): where a gradient is near zero, the same float noise flips whole
+# lr-sized steps, so weight sums came out up to 8e-5 relative apart there (SGD's stayed within 1e-7)
+PARAM_REL = 2e-4
 LEGACY: dict[str, object] = {
     "encoder_targets_only": False, "encoder_res_blocks": 0, "gen_res_blocks": 0, "region_codes": "add",
     "gen_region_film": True, "disc_patch_logits": False, "gan_weighting": "fixed",
@@ -47,12 +54,12 @@ def test_two_steps_match_the_a634ee6_record(optimizer):
     finally:
         torch.set_num_threads(threads)
     for got, want in zip(losses, rec["losses"]):
-        assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-6, abs=1e-7)
+        assert {k: got[k] for k in want} == pytest.approx(want, rel=LOSS_REL, abs=1e-7)
     params = {f"{prefix}.{n}": p for prefix, mod in (("model", players.model), ("disc", players.disc))
               for n, p in mod.named_parameters()}
     assert sorted(params) == sorted(rec["params"])
     for name, (total, squares, first) in rec["params"].items():
         x = params[name].detach().double()
-        assert x.sum().item() == pytest.approx(total, rel=1e-6, abs=1e-6), name
-        assert (x * x).sum().item() == pytest.approx(squares, rel=1e-6, abs=1e-8), name
-        assert x.flatten()[:3].tolist() == pytest.approx(first, rel=1e-6, abs=1e-7), name
+        assert x.sum().item() == pytest.approx(total, rel=PARAM_REL, abs=1e-6), name
+        assert (x * x).sum().item() == pytest.approx(squares, rel=PARAM_REL, abs=1e-8), name
+        assert x.flatten()[:3].tolist() == pytest.approx(first, rel=1e-6, abs=1e-6), name

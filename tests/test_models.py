@@ -53,6 +53,10 @@ def test_every_parameter_gets_gradient_launcher_grid(task, dtype, film):
     {"region_codes": "add"},
     {"region_codes": "none"},
     {"gen_region_film": False},
+    {"encoder_temporal_kernel_size": 3},
+    {"encoder_temporal_kernel_size": 3, "encoder_use_roi_align": True},
+    {"encoder_temporal_kernel_size": 3, "encoder_targets_only": False, "task": "predict"},
+    {"encoder_temporal_kernel_size": 3, "region_codes": "none"},
     {"disc_patch_logits": False},
     {"wubu_euclidean": True},
     {"wubu_s_use_rotation": True, "wubu_s_phi_influence_rotation_init": True, "wubu_t_use_rotation": True},
@@ -95,6 +99,39 @@ def test_every_encoder_frame_reaches_the_latent():
             assert (per_frame[:n_enc] > 0).all(), (task, latent, per_frame)
             if task == "predict":  # the encoder sees only the context
                 assert (per_frame[n_enc:] == 0).all()
+
+
+@pytest.mark.parametrize("h,w", [(32, 32), (17, 33)])
+@pytest.mark.parametrize("roi", [False, True])
+def test_encoder_temporal_kernels_keep_shapes_and_mix_frames(h, w, roi):
+    """With 3-D kernels in the spatial path a latent frame depends on its neighbouring target frames (and on no
+    frame without the regions' path: region_codes none), and the shapes are those of the per-frame path."""
+    over = {"image_h": h, "image_w": w, "region_codes": "none", "num_predict_frames": 3,
+            "encoder_use_roi_align": roi}
+    flat = build_model(build_config("tiny", overrides=over).model, build_config("tiny", overrides=over).geometry)
+    cfg = build_config("tiny", overrides={**over, "encoder_temporal_kernel_size": 3})
+    model = build_model(cfg.model, cfg.geometry).eval()
+    assert model.latent_shape() == flat.latent_shape()
+    clip = random_clip(cfg, 1).requires_grad_()
+    out = model(clip, sample_posterior=False)
+    assert out.recon.shape == (1, 3, 3, h, w)
+    out.mu[:, :, 0].sum().backward()  # the first latent frame
+    per_frame = clip.grad.abs().sum((0, 2, 3, 4))
+    n_ctx = cfg.encoder_frames - 3
+    assert (per_frame[n_ctx:n_ctx + 2] > 0).all(), per_frame  # its own frame and the next
+    assert (per_frame[:n_ctx] == 0).all()  # region_codes none: the context frames do not reach the latent
+
+
+def test_encoder_temporal_kernels_under_activation_checkpointing_match():
+    cfg = build_config("tiny", overrides={"encoder_temporal_kernel_size": 3})
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.geometry).eval()
+    clip = random_clip(cfg, 2)
+    ref = model(clip, sample_posterior=False).mu
+    set_activation_checkpointing(model, True)
+    with torch.enable_grad():
+        again = model(clip.requires_grad_(), sample_posterior=False).mu
+    torch.testing.assert_close(again, ref)
 
 
 def test_wubu_t_mixes_time_on_its_own():
@@ -256,3 +293,40 @@ def test_generator_temporal_kernels_in_every_stage_when_asked():
         model = build_model(cfg.model, cfg.geometry)
         assert [u.weight.shape[2] for u in model.generator.ups] == kts
         assert grads_ok(cfg) == []
+
+
+def test_plain_backbone_without_wubu_gaad_is_the_peers_conv_vae():
+    """--backbone plain --region_codes none --no-gen_region_film: the peer's layer list (4 encoder convs, 2 + 2
+    decoder blocks, 1x1 maps), every parameter learning, any frame size, and a clear refusal where it does not apply."""
+    for h, w in [(32, 32), (17, 33)]:
+        cfg = build_config("tiny", overrides={"backbone": "plain", "image_h": h, "image_w": w, "region_codes": "none",
+                                              "gen_region_film": False})
+        assert grads_ok(cfg) == []
+        model = build_model(cfg.model, cfg.geometry)
+        out = model(random_clip(cfg, 2))
+        assert out.recon.shape == out.target.shape == (2, cfg.geometry.predict_frames, 3, h, w)
+        assert out.mu.shape == (2, *model.latent_shape())
+        convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+        assert len(convs) == 4 + 2 + 1 + 2 + 2 + 1  # body, mu/logvar, expand, 2 blocks, 2 ups, out
+        assert not any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    with pytest.raises(Exception, match="plain"):
+        build_config("tiny", overrides={"backbone": "plain", "task": "predict"})
+    with pytest.raises(Exception, match="plain"):
+        build_config("tiny", overrides={"backbone": "plain", "encoder_targets_only": False})
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"region_codes": "add", "gen_region_film": False},
+    {"encoder_use_roi_align": True},
+    {"use_wubu_motion_branch": True, "optical_flow_net_type": "dis"},
+])
+def test_plain_backbone_with_wubu_gaad_parts_has_no_dead_parameters(overrides):
+    """The WuBu-GAAD parts on the plain backbone: region codes into the latent, FiLM on the generator, RoIAlign's
+    stem, the motion branch through WuBu-T; every parameter gets a gradient, the context frames reach the latent."""
+    cfg = build_config("tiny", overrides={"backbone": "plain", "wubu_dropout": 0.0, **overrides})
+    assert grads_ok(cfg) == []
+    model = build_model(cfg.model, cfg.geometry).eval()
+    clip = random_clip(cfg, 1).requires_grad_()
+    model(clip, sample_posterior=False).mu.sum().backward()
+    assert (clip.grad.abs().sum((0, 2, 3, 4)) > 0).all()

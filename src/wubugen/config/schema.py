@@ -183,6 +183,12 @@ class ModelConfig:
     task: Literal["reconstruct", "predict"] = opt(
         "reconstruct", "reconstruct: the encoder sees the whole window and the generator rebuilds its last frames; "
         "predict: the encoder sees only the context frames and the generator predicts the rest", common=True)
+    # plain: the plain conv VAE peer's 3-D conv network (models/plain.py); with --region_codes none and
+    # --no-gen_region_film it is the zero point of the ablation table
+    backbone: Literal["wubu_gaad", "plain"] = opt(
+        "wubu_gaad", "the conv backbone of the encoder's spatial path and the generator. wubu_gaad: per-frame 2-D convs, "
+        "a time mix and residual blocks; plain: 3-D convs at every scale, as a plain conv VAE (reconstruct task, "
+        "spatial latent). The WuBu-GAAD parts join either (--region_codes, --gen_region_film, the motion branch)")
     # latent
     latent_type: Literal["spatial", "global"] = opt(
         "spatial", "spatial: a grid of latent_channels at 1/latent_downsample of the frame size per generated frame; "
@@ -222,6 +228,11 @@ class ModelConfig:
         True, "reconstruct task, spatial latent: the spatial CNN sees only the frames the latent stands for (the "
         "context still reaches it through GAAD/WuBu-T); false: every encoder frame")
     encoder_res_blocks: int = opt(1, "residual 3-D conv blocks at the latent resolution, encoder side", ">= 0")
+    # 1: the spatial path is per frame (2-D convs) until the latent resolution; 3: every scale mixes neighbouring
+    # frames, as the plain 3-D conv VAE peer's encoder does (a candidate, docs/results.md)
+    encoder_temporal_kernel_size: int = opt(
+        1, "temporal kernel of the encoder's spatial path at every scale, in frames (odd; 1: per-frame 2-D convs)",
+        "> 0")
     # how the WuBu-T region codes join the spatial latent: painted and added, painted through a learned per-channel
     # gate that starts small (the codes then help where they help), or not at all (no WuBu-S/T in the encoder)
     region_codes: Literal["add", "gated", "none"] = opt(
@@ -716,7 +727,11 @@ def validate(cfg: Config) -> None:
     if m.use_wubu_motion_branch and m.optical_flow_net_type == "dis" and not m.freeze_flow_net:
         raise ConfigError("--optical_flow_net_type dis is not differentiable: use --freeze_flow_net (the default) "
                           "or a RAFT net to train the flow")
-    if m.gen_temporal_kernel_size % 2 == 0 or m.disc_temporal_kernel_size % 2 == 0:
+    if m.backbone == "plain" and (m.task != "reconstruct" or m.latent_type != "spatial" or not m.encoder_targets_only):
+        raise ConfigError("--backbone plain encodes the frames a spatial latent stands for: it needs --task "
+                          "reconstruct, --latent_type spatial and --encoder_targets_only")
+    kernels = (m.gen_temporal_kernel_size, m.disc_temporal_kernel_size, m.encoder_temporal_kernel_size)
+    if any(k % 2 == 0 for k in kernels):
         raise ConfigError("temporal kernel sizes must be odd so the time axis keeps its length")
     if len(t.adam_betas) != 2:
         raise ConfigError("--adam_betas takes two values in [0, 1)")

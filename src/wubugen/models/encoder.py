@@ -6,7 +6,9 @@ Two paths meet in the latent:
     motion step when the motion branch is on, reaches the latent);
   * a spatial path: the same shallow features downsampled to 1/latent_downsample (of every encoder frame, or with
     `encoder_targets_only` of the frames the latent stands for), mixed over time by 3-D convs, with optional residual
-    blocks at the latent resolution.
+    blocks at the latent resolution (`--encoder_temporal_kernel_size 3`: 3-D convs at every scale instead of per-frame
+    2-D ones); with `--backbone plain` the plain 3-D conv VAE's path instead (models/plain.py: the clip of target frames
+    through 3-D convs at every scale, no time mix or residual blocks).
 For a spatial latent the WuBu-T region codes are painted onto the latent grid through the rasterised GAAD boxes and join the
 spatial features (added, or through a learned gate: `region_codes`); for a global latent (the original's shape) the region
 codes are pooled into one vector.
@@ -22,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from wubugen.config import FrameGeometry, ModelConfig
 from wubugen.gaad import normalized_boxes
 from wubugen.models.layers import ResBlock3d, group_norm, masks_for, region_boxes
+from wubugen.models.plain import PlainSpatialPath
 from wubugen.models.roi import StaticRoIAlign
 from wubugen.models.wubu import WuBuStack
 
@@ -35,9 +38,14 @@ def _cat_chunks(chunks: list[Tensor | None]) -> Tensor | None:
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
-def conv2d_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+def conv2d_block(cin: int, cout: int, stride: int = 1, kt: int = 1) -> nn.Sequential:
+    """A conv, GroupNorm, GELU; stride 2 halves H and W. kt 1: per frame, (N, C, H, W); kt > 1: a 3-D conv whose
+    temporal kernel mixes neighbouring frames, (B, C, T, H, W) with T kept."""
     k, p = (4, 1) if stride == 2 else (3, 1)
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, p), group_norm(cout), nn.GELU())
+    if kt == 1:
+        return nn.Sequential(nn.Conv2d(cin, cout, k, stride, p), group_norm(cout), nn.GELU())
+    conv = nn.Conv3d(cin, cout, (kt, k, k), (1, stride, stride), (kt // 2, p, p))
+    return nn.Sequential(conv, group_norm(cout), nn.GELU())
 
 
 def conv3d_block(cin: int, cout: int, kt: int) -> nn.Sequential:
@@ -74,6 +82,8 @@ class RegionalEncoder(nn.Module):
         # the spatial CNN's frames: the ones the latent stands for (reconstruct, targets only) or every encoder frame
         self.targets_only = m.encoder_targets_only and m.task == "reconstruct" and self.spatial
         self.t_spatial = self.t_out if self.targets_only else self.t_enc
+        # temporal kernels in the spatial path at every scale (as the plain 3-D conv VAE peer's encoder); 1: per frame
+        self.kt = m.encoder_temporal_kernel_size if self.t_spatial > 1 and m.backbone != "plain" else 1
 
         boxes = region_boxes(m, W, H)
         self.register_buffer("box_features", normalized_boxes(boxes, W, H), persistent=False)  # (R, 4)
@@ -84,13 +94,19 @@ class RegionalEncoder(nn.Module):
         self.use_roi_align = m.encoder_use_roi_align
         # shallow CNN at full resolution (the original's RoIAlign feature map), then down to the latent grid; built
         # where something reads it (a global latent from pixel-patch regions needs none)
-        if self.use_spatial_path or (self.use_regions and self.use_roi_align):
-            self.stem = conv2d_block(C, cs)
-        if self.use_spatial_path:
+        # --backbone plain: the spatial path is the plain 3-D conv VAE's (models/plain.py), the stem only RoIAlign's
+        self.plain = m.backbone == "plain"
+        if self.plain and not (self.spatial and self.targets_only):
+            raise ValueError("the plain backbone encodes the frames a spatial latent stands for: reconstruct task, "
+                             "spatial latent, encoder_targets_only")
+        own_path = self.use_spatial_path and not self.plain
+        if own_path or (self.use_regions and self.use_roi_align):
+            self.stem = conv2d_block(C, cs, kt=1 if self.plain else self.kt)
+        if own_path:
             n_down = int(math.log2(m.latent_downsample))
             chans = [cs] + [min(ce, cs * 2 ** (i + 1)) if i < n_down - 1 else ce for i in range(n_down)]
-            self.down = nn.Sequential(*[conv2d_block(chans[i], chans[i + 1], stride=2) for i in range(n_down)],
-                                      conv2d_block(chans[-1], ce))
+            self.down = nn.Sequential(*[conv2d_block(chans[i], chans[i + 1], 2, self.kt) for i in range(n_down)],
+                                      conv2d_block(chans[-1], ce, kt=self.kt))
 
         dt = 0
         if self.use_regions:
@@ -120,20 +136,15 @@ class RegionalEncoder(nn.Module):
                 masks = masks_for(boxes, W, H, self.h, self.w)
                 self.register_buffer("paint", masks / masks.sum(0, keepdim=True).clamp_min(1e-6), persistent=False)
                 self.region_to_map = nn.Linear(dt, ce)
-            self.time_mix = conv3d_block(ce, ce, 3 if self.t_spatial > 1 else 1)
-            # learned map from the spatial path's time steps to latent time steps; starts by picking the frames the
-            # latent stands for (the targets when reconstructing, the last context frame when predicting), every frame
-            # still reachable
-            proj = torch.zeros(self.t_out, self.t_spatial)
-            for k in range(self.t_out):
-                src = self.t_spatial - self.t_out + k if m.task == "reconstruct" else self.t_spatial - 1
-                proj[k, src] = 1.0
-            self.time_proj = nn.Parameter(proj)
-            self.head = conv3d_block(ce, ce, 1)
+            if self.plain:
+                self.plain_path = PlainSpatialPath(m, geo, self.h, self.w)
+            else:
+                self._build_time_layers(m, ce)
             self.to_mu = nn.Conv3d(ce, m.latent_channels, 1)
             self.to_logvar = nn.Conv3d(ce, m.latent_channels, 1)
             kt = 3 if self.t_out > 1 else 1
-            self.res_blocks = nn.Sequential(*[ResBlock3d(ce, kt) for _ in range(m.encoder_res_blocks)])
+            n_res = 0 if self.plain else m.encoder_res_blocks
+            self.res_blocks = nn.Sequential(*[ResBlock3d(ce, kt) for _ in range(n_res)])
             if self.region_codes == "gated":
                 # per channel, starting small: the codes are a correction the spatial path may take up, not a second
                 # copy of the content that a decoder could learn to memorise training clips by
@@ -142,16 +153,39 @@ class RegionalEncoder(nn.Module):
             self.to_mu = nn.Linear(dt, m.latent_dim)
             self.to_logvar = nn.Linear(dt, m.latent_dim)
 
+    def _build_time_layers(self, m: ModelConfig, ce: int) -> None:
+        """wubu_gaad backbone: the time mix over the spatial path's frames, the learned map to latent time steps,
+        the head."""
+        self.time_mix = conv3d_block(ce, ce, 3 if self.t_spatial > 1 else 1)
+        # learned map from the spatial path's time steps to latent time steps; starts by picking the frames the
+        # latent stands for (the targets when reconstructing, the last context frame when predicting), every frame
+        # still reachable
+        proj = torch.zeros(self.t_out, self.t_spatial)
+        for k in range(self.t_out):
+            src = self.t_spatial - self.t_out + k if m.task == "reconstruct" else self.t_spatial - 1
+            proj[k, src] = 1.0
+        self.time_proj = nn.Parameter(proj)
+        self.head = conv3d_block(ce, ce, 1)
+
     def shallow_features(self, x: Tensor) -> Tensor:
-        """The full-resolution stem of every frame: (N, C, H, W) -> (N, cs, H, W), RoIAlign's feature map."""
+        """The full-resolution stem of every frame: (N, C, H, W) -> (N, cs, H, W), RoIAlign's feature map; with
+        temporal kernels, of clips: (B, C, T, H, W) -> (B, cs, T, H, W)."""
         return self.stem(x)
 
     def latent_features(self, shallow: Tensor) -> Tensor:
-        """The spatial path down to the latent grid: (N, cs, H, W) -> (N, C_e, h, w)."""
+        """The spatial path down to the latent grid: (N, cs, H, W) -> (N, C_e, h, w); with temporal kernels
+        (B, cs, T, H, W) -> (B, C_e, T, h, w)."""
         f = self.latent_downsample
         pad_w, pad_h = self.w * f - shallow.shape[-1], self.h * f - shallow.shape[-2]  # not multiples: replicate edges
-        padded = nn.functional.pad(shallow, (0, pad_w, 0, pad_h), mode="replicate") if pad_w or pad_h else shallow
+        pad = (0, pad_w, 0, pad_h) + ((0, 0) if shallow.dim() == 5 else ())
+        padded = nn.functional.pad(shallow, pad, mode="replicate") if pad_w or pad_h else shallow
         return self.down(padded)
+
+    def _clip_path(self, fn, *args) -> Tensor:
+        """fn over whole clips (the temporal-kernel path), recomputed in the backward under activation checkpointing."""
+        if not (self.checkpointing and torch.is_grad_enabled()):
+            return fn(*args)
+        return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
 
     def _per_frame(self, fn, x: Tensor) -> Tensor:
         """fn over frames, recomputed in chunks in the backward under activation checkpointing: nothing random inside
@@ -162,6 +196,31 @@ class RegionalEncoder(nn.Module):
             return fn(x)
         chunks = x.tensor_split(max(1, math.ceil(x.shape[0] / CHECKPOINT_CHUNK_FRAMES)))
         return _cat_chunks([checkpoint(fn, c, use_reentrant=False, preserve_rng_state=False) for c in chunks])
+
+    def _region_map(self, codes: Tensor) -> Tensor:
+        """The WuBu-T region codes (B, R, D_t) painted onto the latent grid through the GAAD boxes -> (B, C_e, h, w)."""
+        region_map = torch.einsum("brc,rhw->bchw", self.region_to_map(codes), self.paint.to(codes.dtype))
+        if self.region_codes == "gated":
+            region_map = region_map * self.region_gate.to(region_map.dtype)[None, :, None, None]
+        return region_map
+
+    def _clip_features(self, clip: Tensor, stemmed: bool) -> Tensor:
+        """The temporal-kernel spatial path: frames (B, T_s, C, H, W), or stem features (B, T_s, cs, H, W) when
+        `stemmed` -> (B, T_s, C_e, h, w)."""
+        x = clip.transpose(1, 2)
+        return self.latent_features(x if stemmed else self.shallow_features(x)).transpose(1, 2)
+
+    def _frame_features(self, frames: Tensor, shallow: Tensor | None, b: int, t: int) -> Tensor:
+        """The per-frame spatial path. -> (B, T_s, C_e, h, w)"""
+        if self.targets_only:  # the frames the latent stands for: each clip's last T_out
+            if shallow is not None:
+                src = shallow.unflatten(0, (b, t))[:, t - self.t_out:].flatten(0, 1)
+            else:
+                src = self._per_frame(self.shallow_features, frames[:, t - self.t_out:].flatten(0, 1))
+        else:
+            src = shallow
+        feat = self._per_frame(self.latent_features, src)
+        return feat.reshape(b, self.t_spatial, *feat.shape[1:])
 
     def region_tokens(self, shallow: Tensor, frames: Tensor) -> Tensor:
         """One RoIAlign over all frames and regions. -> (B*T, R, patch_dim)"""
@@ -184,21 +243,28 @@ class RegionalEncoder(nn.Module):
         # the stem runs on every frame only where RoIAlign reads it; otherwise on the spatial path's frames alone
         roi_reads_stem = self.use_regions and self.use_roi_align
         stem_all = roi_reads_stem or (self.use_spatial_path and not self.targets_only)
-        shallow = self._per_frame(self.shallow_features, x) if stem_all else None  # (B*T, cs, H, W)
+        if not stem_all:
+            shallow = None
+        elif self.kt > 1:  # (B, cs, T, H, W) -> (B*T, cs, H, W)
+            shallow = self._clip_path(self.shallow_features, frames.transpose(1, 2)).transpose(1, 2).flatten(0, 1)
+        else:
+            shallow = self._per_frame(self.shallow_features, x)  # (B*T, cs, H, W)
         codes = self.region_codes_of(shallow, x, b, t, motion) if self.use_regions else None  # (B, R, D_t)
 
         if not self.use_spatial_path:
             pooled = codes.mean(1)
             return self.to_mu(pooled), self.to_logvar(pooled).clamp(*LOGVAR_RANGE), None
-        if self.targets_only:  # the frames the latent stands for: each clip's last T_out
-            if shallow is not None:
-                src = shallow.unflatten(0, (b, t))[:, t - self.t_out:].flatten(0, 1)
+        if self.plain:  # the targets as one clip -> (B, C_e, T_out, h, w), the region codes, the posterior
+            h = self._clip_path(self.plain_path, frames[:, t - self.t_out:].transpose(1, 2))
+            h = h + self._region_map(codes)[:, :, None] if codes is not None else h
+            return self.to_mu(h), self.to_logvar(h).clamp(*LOGVAR_RANGE), None
+        if self.kt > 1:
+            if shallow is None:
+                feat = self._clip_path(self._clip_features, frames[:, t - self.t_spatial:], False)
             else:
-                src = self._per_frame(self.shallow_features, frames[:, t - self.t_out:].flatten(0, 1))
+                feat = self._clip_path(self._clip_features, shallow.unflatten(0, (b, t))[:, t - self.t_spatial:], True)
         else:
-            src = shallow
-        feat = self._per_frame(self.latent_features, src)
-        feat = feat.reshape(b, self.t_spatial, *feat.shape[1:])  # (B, T_s, C_e, h, w)
+            feat = self._frame_features(frames, shallow, b, t)
         context = feat[:, -1]
         if not self.spatial:
             pooled = codes.mean(1)
@@ -206,10 +272,7 @@ class RegionalEncoder(nn.Module):
 
         h = feat.permute(0, 2, 1, 3, 4)  # (B, C_e, T_s, h, w)
         if codes is not None:
-            region_map = torch.einsum("brc,rhw->bchw", self.region_to_map(codes), self.paint.to(codes.dtype))
-            if self.region_codes == "gated":
-                region_map = region_map * self.region_gate.to(region_map.dtype)[None, :, None, None]
-            h = h + region_map[:, :, None]
+            h = h + self._region_map(codes)[:, :, None]
         h = self.time_mix(h)
         h = torch.einsum("bcthw,kt->bckhw", h, self.time_proj.to(h.dtype))  # (B, C_e, T_out, h, w)
         h = self.head(self.res_blocks(h))

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from wubugen.config import FrameGeometry, ModelConfig
 from wubugen.models.encoder import RegionalEncoder, latent_grid
 from wubugen.models.generator import Generator
+from wubugen.models.plain import PlainGenerator
 
 
 @dataclass
@@ -35,8 +36,11 @@ class WuBuGAADHybridGen(nn.Module):
         self.motion = motion
         motion_dim = motion.out_dim if motion is not None else 0
         self.encoder = RegionalEncoder(m, geo, motion_dim=motion_dim)
-        ctx = m.encoder_channels if self.task == "predict" else 0
-        self.generator = Generator(m, geo, context_channels=ctx)
+        if m.backbone == "plain":
+            self.generator = PlainGenerator(m, geo, *latent_grid(m, geo))
+        else:
+            ctx = m.encoder_channels if self.task == "predict" else 0
+            self.generator = Generator(m, geo, context_channels=ctx)
 
     # -- shapes --------------------------------------------------------------------------------------------------------
     def latent_shape(self) -> tuple[int, ...]:

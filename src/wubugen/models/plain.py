@@ -1,0 +1,85 @@
+"""The plain backbone: the spatial path and generator of a plain 3-D conv VAE, which the WuBu-GAAD paths join.
+
+`--backbone plain` builds the encoder's spatial path and the generator as the plain conv VAE peer is
+(../shared/reference/peer/peer_vae.py): 3-D convs (3x3x3, GroupNorm, SiLU) at every scale, (3, 4, 4) stride (1, 2, 2)
+convs down and transposed convs up, 1x1x1 maps into and out of the latent. Inside wubugen's training this network beat
+the peer itself at equal steps, where wubugen's own backbone (per-frame 2-D convs, a time mix, residual blocks) stayed
+1-2 dB behind (docs/results.md, call 9). The WuBu-GAAD parts stay optional on top of it: the WuBu-T region codes join
+the latent features (`--region_codes`), the motion branch joins through WuBu-T, GAAD-region FiLM modulates every
+generator stage (`--gen_region_film`); with `--region_codes none --no-gen_region_film` it is the peer's network.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wubugen.config import FrameGeometry, ModelConfig
+from wubugen.models.layers import RegionFiLM, crop_to, group_norm, masks_for, region_boxes
+
+
+def _conv(cin: int, cout: int, down: bool = False) -> nn.Conv3d:
+    k, s = ((3, 4, 4), (1, 2, 2)) if down else ((3, 3, 3), 1)
+    return nn.Conv3d(cin, cout, k, s, 1)
+
+
+def plain_widths(m: ModelConfig) -> list[int]:
+    """Channels from full resolution down to the latent grid: shallow, doubling, encoder_channels at the latent."""
+    n = int(math.log2(m.latent_downsample))
+    cs, ce = m.encoder_shallow_cnn_channels, m.encoder_channels
+    return [cs] + [min(ce, cs * 2 ** (i + 1)) if i < n - 1 else ce for i in range(n)]
+
+
+class PlainSpatialPath(nn.Module):
+    """clips (B, C, T, H, W) in [-1, 1] -> features (B, C_e, T, h, w) at 1/latent_downsample (sizes that are not
+    multiples are padded by replicating the edges, as the regional encoder's spatial path)."""
+
+    def __init__(self, m: ModelConfig, geo: FrameGeometry, h: int, w: int):
+        super().__init__()
+        self.f, self.h, self.w = m.latent_downsample, h, w
+        ch = plain_widths(m)
+        layers = [_conv(geo.channels, ch[0])] + [_conv(ch[i], ch[i + 1], True) for i in range(len(ch) - 1)]
+        layers.append(_conv(ch[-1], ch[-1]))
+        self.body = nn.Sequential(*[nn.Sequential(c, group_norm(c.out_channels), nn.SiLU()) for c in layers])
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad_w, pad_h = self.w * self.f - x.shape[-1], self.h * self.f - x.shape[-2]
+        if pad_w or pad_h:
+            x = F.pad(x, (0, pad_w, 0, pad_h, 0, 0), mode="replicate")
+        return self.body(x)
+
+
+class PlainGenerator(nn.Module):
+    """z (B, C_z, T_out, h, w) -> frames (B, T_out, C, H, W) in [-1, 1]: a 1x1x1 map, two 3-D conv blocks at the
+    latent resolution, one transposed-conv block per doubling, a 3x3x3 output conv; GAAD-region FiLM after each
+    block's norm with --gen_region_film."""
+
+    def __init__(self, m: ModelConfig, geo: FrameGeometry, h0: int, w0: int):
+        super().__init__()
+        self.height, self.width = geo.height, geo.width
+        ch = plain_widths(m)[::-1]
+        self.expand = nn.Conv3d(m.latent_channels, ch[0], 1)
+        self.convs = nn.ModuleList([_conv(ch[0], ch[0]), _conv(ch[0], ch[0])] + [
+            nn.ConvTranspose3d(ch[i], ch[i + 1], (3, 4, 4), (1, 2, 2), 1) for i in range(len(ch) - 1)])
+        levels = [0, 0] + list(range(1, len(ch)))
+        self.norms = nn.ModuleList([group_norm(c.out_channels) for c in self.convs])
+        boxes = region_boxes(m, geo.width, geo.height)
+
+        def film(c: nn.Module, level: int) -> nn.Module:
+            if not m.gen_region_film:
+                return nn.Identity()
+            masks = masks_for(boxes, geo.width, geo.height, h0 * 2 ** level, w0 * 2 ** level)
+            return RegionFiLM(masks, c.out_channels, max(32, boxes.shape[0]))
+
+        self.films = nn.ModuleList([film(c, lv) for c, lv in zip(self.convs, levels)])
+        self.act = nn.SiLU()
+        self.out = nn.Conv3d(ch[-1], geo.channels, 3, 1, 1)
+
+    def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        x = self.expand(z)
+        for conv, norm, film in zip(self.convs, self.norms, self.films):
+            x = self.act(film(norm(conv(x))))
+        x = torch.tanh(self.out(x))
+        return crop_to(x, self.height, self.width).transpose(1, 2)
