@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from wubugen.config import FrameGeometry, ModelConfig
 from wubugen.models.layers import RegionFiLM, crop_to, group_norm, masks_for, region_boxes
+from wubugen.models.tapconv import TapConv3d
 
 
 def _conv(cin: int, cout: int, down: bool = False) -> nn.Conv3d:
@@ -75,7 +76,8 @@ class PlainGenerator(nn.Module):
 
         self.films = nn.ModuleList([film(c, lv) for c, lv in zip(self.convs, levels)])
         self.act = nn.SiLU()
-        self.out = nn.Conv3d(ch[-1], geo.channels, 3, 1, 1)
+        # a TapConv3d is an nn.Conv3d (same parameters and math) that the trainer may switch to its faster tap path
+        self.out = TapConv3d(ch[-1], geo.channels, (3, 3, 3))
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         x = self.expand(z)
