@@ -80,16 +80,18 @@ for s in ${*:-sweep}; do
         --run "peerlike=$P" --run "peerlike_r0=$P --encoder_res_blocks 0" \
         --run "peerlike_r0_obj=$P --encoder_res_blocks 0 --global_max_grad_norm 0 --kl_reduction sum --lambda_kl 1e-6" \
         --run "peerlike_nographs=$P --no-cuda_graphs" --run "peerlike_w0=$P --num_workers 0" ;;
-    plain)  # the peer's own network inside wubugen's training (--backbone plain, call 9): backbone or training?
+    plain)  # the peer's own network inside wubugen's training (--backbone plain, call 10): backbone or training?
       R="$NEW --region_codes none --ema_decay 0 --lambda_gan 0 --val_interval 600"
       O="--global_max_grad_norm 0 --kl_reduction sum --lambda_kl 1e-6"
       with_peer plain "${SECONDS_SWEEP:-330}" --prebuild 64 --run "base=$R" --run "base_r0=$R --encoder_res_blocks 0 --gen_res_blocks 0" \
         --run "plain=$R --backbone plain" --run "plain_obj=$R --backbone plain $O" \
         --run "plain_gan=$R --backbone plain --lambda_gan 1" --run "plain_obj_gan01=$R --backbone plain $O --lambda_gan 0.1" ;;
-    hybrid)  # the WuBu-GAAD parts on the plain backbone (call 10): region codes and FiLM against the bare network
+    hybrid)  # the WuBu-GAAD parts on the plain backbone, GAN on: what each adds to the bare network (after call 10)
       R="$NEW --region_codes none --ema_decay 0 --lambda_gan 1 --val_interval 400 --backbone plain --no-compile_wubu"
       with_peer hybrid "${SECONDS_SWEEP:-330}" --prebuild 64 --run "plain=$R --no-gen_region_film" \
-        --run "plain_film=$R" --run "plain_codes_film=$R $PIX" ;;
+        --run "plain_gan01=$R --no-gen_region_film --lambda_gan 0.1" --run "film=$R" \
+        --run "codes=$R $PIX --no-gen_region_film" --run "codes_film=$R $PIX" \
+        --run "codes_film_euclid=$R $PIX --wubu_euclidean" ;;
     speed)  # each alone for a short while: steps/s and set-up, to turn equal steps into equal GPU time
       with_peer speed "${SECONDS_SPEED:-45}" --sequential --run "nocodes=$NEW --region_codes none" \
         --run "pix=$NEW $PIX" --run "pix_cw=$NEW $PIX --compile_wubu" ;;

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from wubugen.config import build_config
+from conftest import REPO
+from wubugen.config import ConfigError, build_config
 from wubugen.inspect_cmd import dead_parameters, random_clip, training_step_grads
 from wubugen.models.discriminator import build_discriminator
 from wubugen.models.layers import set_activation_checkpointing
@@ -53,10 +54,6 @@ def test_every_parameter_gets_gradient_launcher_grid(task, dtype, film):
     {"region_codes": "add"},
     {"region_codes": "none"},
     {"gen_region_film": False},
-    {"encoder_temporal_kernel_size": 3},
-    {"encoder_temporal_kernel_size": 3, "encoder_use_roi_align": True},
-    {"encoder_temporal_kernel_size": 3, "encoder_targets_only": False, "task": "predict"},
-    {"encoder_temporal_kernel_size": 3, "region_codes": "none"},
     {"disc_patch_logits": False},
     {"wubu_euclidean": True},
     {"wubu_s_use_rotation": True, "wubu_s_phi_influence_rotation_init": True, "wubu_t_use_rotation": True},
@@ -101,37 +98,62 @@ def test_every_encoder_frame_reaches_the_latent():
                 assert (per_frame[n_enc:] == 0).all()
 
 
+THREE = {"num_predict_frames": 3}  # the tiny preset predicts one frame, where a temporal kernel has nothing to mix
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"region_codes": "none"}, {"encoder_targets_only": False}, {"task": "predict"},
+    {"encoder_use_roi_align": True, "region_codes": "none", "encoder_targets_only": False},
+])
+def test_encoder_temporal_kernels_have_no_dead_parameters(overrides):
+    cfg = build_config("tiny", overrides={**THREE, "encoder_temporal_kernel_size": 3, **overrides})
+    assert build_model(cfg.model, cfg.geometry).encoder.kt == 3
+    assert grads_ok(cfg) == []
+
+
 @pytest.mark.parametrize("h,w", [(32, 32), (17, 33)])
-@pytest.mark.parametrize("roi", [False, True])
-def test_encoder_temporal_kernels_keep_shapes_and_mix_frames(h, w, roi):
-    """With 3-D kernels in the spatial path a latent frame depends on its neighbouring target frames (and on no
-    frame without the regions' path: region_codes none), and the shapes are those of the per-frame path."""
-    over = {"image_h": h, "image_w": w, "region_codes": "none", "num_predict_frames": 3,
-            "encoder_use_roi_align": roi}
-    flat = build_model(build_config("tiny", overrides=over).model, build_config("tiny", overrides=over).geometry)
-    cfg = build_config("tiny", overrides={**over, "encoder_temporal_kernel_size": 3})
-    model = build_model(cfg.model, cfg.geometry).eval()
-    assert model.latent_shape() == flat.latent_shape()
-    clip = random_clip(cfg, 1).requires_grad_()
-    out = model(clip, sample_posterior=False)
-    assert out.recon.shape == (1, 3, 3, h, w)
-    out.mu[:, :, 0].sum().backward()  # the first latent frame
-    per_frame = clip.grad.abs().sum((0, 2, 3, 4))
-    n_ctx = cfg.encoder_frames - 3
-    assert (per_frame[n_ctx:n_ctx + 2] > 0).all(), per_frame  # its own frame and the next
-    assert (per_frame[:n_ctx] == 0).all()  # region_codes none: the context frames do not reach the latent
+def test_encoder_temporal_kernels_mix_neighbouring_frames(h, w):
+    """The spatial path's features of the first target frame depend on the other targets with 3-D kernels, and not at
+    all with per-frame 2-D ones; the latent keeps its shape."""
+    over = {**THREE, "image_h": h, "image_w": w, "region_codes": "none"}
+    for kt in (1, 3):
+        cfg = build_config("tiny", overrides={**over, "encoder_temporal_kernel_size": kt})
+        model = build_model(cfg.model, cfg.geometry).eval()
+        assert model.latent_shape()[-2:] == (math.ceil(h / 4), math.ceil(w / 4))
+        clip = random_clip(cfg, 1).requires_grad_()
+        feat = model.encoder.spatial_features(clip, None)  # (B, T_s, C_e, h, w): the 3 targets
+        assert feat.shape[:2] == (1, 3)
+        feat[:, 0].sum().backward()
+        per_frame = clip.grad.abs().sum((0, 2, 3, 4))
+        n_ctx = cfg.encoder_frames - 3
+        assert per_frame[n_ctx] > 0 and (per_frame[:n_ctx] == 0).all()  # its own frame; never the context
+        # the other targets: through the stacked 3-D kernels (and GroupNorm over the clip) with kt 3, never with kt 1
+        assert ((per_frame[n_ctx + 1:] > 0) == (kt == 3)).all(), (kt, per_frame)
 
 
-def test_encoder_temporal_kernels_under_activation_checkpointing_match():
-    cfg = build_config("tiny", overrides={"encoder_temporal_kernel_size": 3})
+def test_encoder_temporal_kernels_refuse_the_shared_roialign_stem():
+    with pytest.raises(ConfigError, match="RoIAlign"):
+        build_config("tiny", overrides={"encoder_temporal_kernel_size": 3, "encoder_use_roi_align": True})
+
+
+@pytest.mark.parametrize("overrides", [{"backbone": "plain"}, {"encoder_temporal_kernel_size": 3},
+                                       {"encoder_temporal_kernel_size": 3, "encoder_targets_only": False}])
+def test_activation_checkpointing_keeps_gradients_of_the_3d_paths(overrides):
+    """Recomputing the clip paths in the backward changes no gradient."""
+    cfg = build_config("tiny", overrides={**THREE, "wubu_dropout": 0.0, **overrides})
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.geometry).eval()
     clip = random_clip(cfg, 2)
-    ref = model(clip, sample_posterior=False).mu
-    set_activation_checkpointing(model, True)
-    with torch.enable_grad():
-        again = model(clip.requires_grad_(), sample_posterior=False).mu
-    torch.testing.assert_close(again, ref)
+    grads = []
+    for on in (False, True):
+        set_activation_checkpointing(model, on)
+        model.zero_grad()
+        out = model(clip, sample_posterior=False)
+        (out.recon.square().mean() + out.mu.square().mean()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], msg=n)
 
 
 def test_wubu_t_mixes_time_on_its_own():
@@ -295,24 +317,63 @@ def test_generator_temporal_kernels_in_every_stage_when_asked():
         assert grads_ok(cfg) == []
 
 
-def test_plain_backbone_without_wubu_gaad_is_the_peers_conv_vae():
-    """--backbone plain --region_codes none --no-gen_region_film: the peer's layer list (4 encoder convs, 2 + 2
-    decoder blocks, 1x1 maps), every parameter learning, any frame size, and a clear refusal where it does not apply."""
-    for h, w in [(32, 32), (17, 33)]:
-        cfg = build_config("tiny", overrides={"backbone": "plain", "image_h": h, "image_w": w, "region_codes": "none",
-                                              "gen_region_film": False})
-        assert grads_ok(cfg) == []
-        model = build_model(cfg.model, cfg.geometry)
-        out = model(random_clip(cfg, 2))
-        assert out.recon.shape == out.target.shape == (2, cfg.geometry.predict_frames, 3, h, w)
-        assert out.mu.shape == (2, *model.latent_shape())
-        convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
-        assert len(convs) == 4 + 2 + 1 + 2 + 2 + 1  # body, mu/logvar, expand, 2 blocks, 2 ups, out
-        assert not any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    with pytest.raises(Exception, match="plain"):
-        build_config("tiny", overrides={"backbone": "plain", "task": "predict"})
-    with pytest.raises(Exception, match="plain"):
-        build_config("tiny", overrides={"backbone": "plain", "encoder_targets_only": False})
+def _peer_module():
+    """The peer's network classes from ../shared/reference/peer/peer_vae.py, without running its training script."""
+    import ast
+    import types
+
+    src = (REPO.parent / "shared" / "reference" / "peer" / "peer_vae.py")
+    if not src.is_file():
+        pytest.skip(f"the peer's script is not at {src}")
+    tree = ast.parse(src.read_text())
+    keep = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef))
+            and not (isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("torchmetrics"))
+            and not (isinstance(n, ast.Import) and any(a.name == "numpy" for a in n.names))]
+    mod = types.ModuleType("peer_vae_net")
+    exec(compile(ast.Module(keep, []), str(src), "exec"), mod.__dict__)
+    return mod
+
+
+@pytest.mark.parametrize("h,w", [(64, 64), (32, 48)])
+def test_plain_backbone_without_wubu_gaad_is_the_peers_network(h, w):
+    """--backbone plain --region_codes none --no-gen_region_film at the launcher's widths: the peer's PlainVAE layer for
+    layer. Its weights, copied in order, give the same posterior mean and reconstruction."""
+    peer = _peer_module().PlainVAE().eval()
+    cfg = build_config("launcher", overrides={"backbone": "plain", "region_codes": "none", "gen_region_film": False,
+                                              "image_h": h, "image_w": w})
+    model = build_model(cfg.model, cfg.geometry).eval()
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    g, e = model.generator, model.encoder
+    # ours in forward order; the peer's modules are registered in forward order
+    ours = [m for part in (e.plain_path, e.to_mu, e.to_logvar, g.expand) for m in part.modules()]
+    ours += [m for i in range(len(g.convs)) for m in (g.convs[i], g.norms[i], g.films[i], g.act)] + [g.out]
+    kinds = (torch.nn.Conv3d, torch.nn.ConvTranspose3d, torch.nn.GroupNorm, torch.nn.SiLU)
+
+    def describe(m):
+        return (type(m).__name__ if type(m).__name__ != "TapConv3d" else "Conv3d", getattr(m, "kernel_size", None),
+                getattr(m, "stride", None), getattr(m, "padding", None), getattr(m, "num_groups", None),
+                tuple(p.shape for p in m.parameters(recurse=False)))
+
+    ours = [m for m in ours if isinstance(m, kinds)]
+    theirs = [m for m in peer.modules() if isinstance(m, kinds)]
+    assert [describe(m) for m in ours] == [describe(m) for m in theirs]
+    with torch.no_grad():
+        for a, b in zip(ours, theirs):
+            for pa, pb in zip(a.parameters(recurse=False), b.parameters(recurse=False)):
+                pa.copy_(pb)
+    clip = random_clip(cfg, 2)
+    out = model(clip, sample_posterior=False)
+    with torch.no_grad():
+        x = out.target.transpose(1, 2)  # (B, C, T, H, W), the peer's layout
+        recon, mu, _ = peer(x)
+    torch.testing.assert_close(out.mu, mu)
+    torch.testing.assert_close(out.recon, recon.transpose(1, 2))
+
+
+def test_plain_backbone_refuses_what_it_cannot_build():
+    for over in ({"task": "predict"}, {"encoder_targets_only": False}, {"latent_downsample": 1}):
+        with pytest.raises(ConfigError, match="plain"):
+            build_config("tiny", overrides={"backbone": "plain", **over})
 
 
 @pytest.mark.parametrize("overrides", [

@@ -186,9 +186,11 @@ class ModelConfig:
     # plain: the plain conv VAE peer's 3-D conv network (models/plain.py); with --region_codes none and
     # --no-gen_region_film it is the zero point of the ablation table
     backbone: Literal["wubu_gaad", "plain"] = opt(
-        "wubu_gaad", "the conv backbone of the encoder's spatial path and the generator. wubu_gaad: per-frame 2-D convs, "
-        "a time mix and residual blocks; plain: 3-D convs at every scale, as a plain conv VAE (reconstruct task, "
-        "spatial latent). The WuBu-GAAD parts join either (--region_codes, --gen_region_film, the motion branch)")
+        "wubu_gaad", "the conv backbone of the encoder's spatial path and the generator. wubu_gaad: per-frame 2-D "
+        "convs, a time mix and residual blocks; plain: 3-D convs at every scale, as a plain conv VAE (reconstruct task, "
+        "spatial latent, widths from --encoder_shallow_cnn_channels and --encoder_channels; the res-block, temporal-"
+        "kernel and gen_* width options do not apply). The WuBu-GAAD parts join either (--region_codes, "
+        "--gen_region_film, the motion branch)")
     # latent
     latent_type: Literal["spatial", "global"] = opt(
         "spatial", "spatial: a grid of latent_channels at 1/latent_downsample of the frame size per generated frame; "
@@ -229,10 +231,10 @@ class ModelConfig:
         "context still reaches it through GAAD/WuBu-T); false: every encoder frame")
     encoder_res_blocks: int = opt(1, "residual 3-D conv blocks at the latent resolution, encoder side", ">= 0")
     # 1: the spatial path is per frame (2-D convs) until the latent resolution; 3: every scale mixes neighbouring
-    # frames, as the plain 3-D conv VAE peer's encoder does (a candidate, docs/results.md)
+    # frames, as the plain 3-D conv VAE peer's encoder does (alone it measured worse, call 8 in docs/results.md)
     encoder_temporal_kernel_size: int = opt(
-        1, "temporal kernel of the encoder's spatial path at every scale, in frames (odd; 1: per-frame 2-D convs)",
-        "> 0")
+        1, "temporal kernel of the encoder's spatial path at every scale, in frames (odd; 1: per-frame 2-D convs; "
+        "has no effect where that path sees one frame, or with --backbone plain)", "> 0")
     # how the WuBu-T region codes join the spatial latent: painted and added, painted through a learned per-channel
     # gate that starts small (the codes then help where they help), or not at all (no WuBu-S/T in the encoder)
     region_codes: Literal["add", "gated", "none"] = opt(
@@ -274,7 +276,8 @@ class ModelConfig:
         3, "temporal kernel of the generator's latent-resolution and output convs, in frames (odd)", "> 0")
     gen_final_conv_kernel_spatial: int = opt(3, "spatial kernel of the generator's output conv, in pixels", "> 0")
     # first: the original's layout, temporal mixing at the latent resolution and in the output conv only; all: every
-    # upsampling stage mixes frames too, as the plain 3-D conv VAE peer's decoder does (a candidate, docs/results.md)
+    # upsampling stage mixes frames too, as the plain 3-D conv VAE peer's decoder does (alone it measured worse:
+    # call 8 in docs/results.md)
     gen_temporal_stages: Literal["first", "all"] = opt(
         "first", "upsampling stages with the temporal kernel: first (the latent-resolution stage only) or all")
     gen_res_blocks: int = opt(1, "residual 3-D conv blocks at the latent resolution, generator side", ">= 0")
@@ -730,6 +733,13 @@ def validate(cfg: Config) -> None:
     if m.backbone == "plain" and (m.task != "reconstruct" or m.latent_type != "spatial" or not m.encoder_targets_only):
         raise ConfigError("--backbone plain encodes the frames a spatial latent stands for: it needs --task "
                           "reconstruct, --latent_type spatial and --encoder_targets_only")
+    if m.backbone == "plain" and m.latent_downsample < 2:
+        raise ConfigError("--backbone plain downsamples to its latent: it needs --latent_downsample of at least 2")
+    if m.encoder_temporal_kernel_size > 1 and m.encoder_use_roi_align and m.region_codes != "none":
+        # the stem is shared with RoIAlign and then runs over the whole clip: context frames would leak into the
+        # features of the frames the latent stands for, and GroupNorm would take its statistics over all frames
+        raise ConfigError("--encoder_temporal_kernel_size > 1 needs pixel-patch regions (--no-encoder_use_roi_align): "
+                          "RoIAlign's shared stem would mix the context frames into the targets' features")
     kernels = (m.gen_temporal_kernel_size, m.disc_temporal_kernel_size, m.encoder_temporal_kernel_size)
     if any(k % 2 == 0 for k in kernels):
         raise ConfigError("temporal kernel sizes must be odd so the time axis keeps its length")

@@ -16,6 +16,7 @@ codes are pooled into one vector.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -24,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from wubugen.config import FrameGeometry, ModelConfig
 from wubugen.gaad import normalized_boxes
 from wubugen.models.layers import ResBlock3d, group_norm, masks_for, region_boxes
-from wubugen.models.plain import PlainSpatialPath
+from wubugen.models.plain import PlainSpatialPath, plain_widths
 from wubugen.models.roi import StaticRoIAlign
 from wubugen.models.wubu import WuBuStack
 
@@ -38,7 +39,7 @@ def _cat_chunks(chunks: list[Tensor | None]) -> Tensor | None:
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
-def conv2d_block(cin: int, cout: int, stride: int = 1, kt: int = 1) -> nn.Sequential:
+def spatial_block(cin: int, cout: int, stride: int = 1, kt: int = 1) -> nn.Sequential:
     """A conv, GroupNorm, GELU; stride 2 halves H and W. kt 1: per frame, (N, C, H, W); kt > 1: a 3-D conv whose
     temporal kernel mixes neighbouring frames, (B, C, T, H, W) with T kept."""
     k, p = (4, 1) if stride == 2 else (3, 1)
@@ -101,12 +102,12 @@ class RegionalEncoder(nn.Module):
                              "spatial latent, encoder_targets_only")
         own_path = self.use_spatial_path and not self.plain
         if own_path or (self.use_regions and self.use_roi_align):
-            self.stem = conv2d_block(C, cs, kt=1 if self.plain else self.kt)
+            self.stem = spatial_block(C, cs, kt=1 if self.plain else self.kt)
         if own_path:
             n_down = int(math.log2(m.latent_downsample))
-            chans = [cs] + [min(ce, cs * 2 ** (i + 1)) if i < n_down - 1 else ce for i in range(n_down)]
-            self.down = nn.Sequential(*[conv2d_block(chans[i], chans[i + 1], 2, self.kt) for i in range(n_down)],
-                                      conv2d_block(chans[-1], ce, kt=self.kt))
+            chans = plain_widths(m)
+            self.down = nn.Sequential(*[spatial_block(chans[i], chans[i + 1], 2, self.kt) for i in range(n_down)],
+                                      spatial_block(chans[-1], ce, kt=self.kt))
 
         dt = 0
         if self.use_regions:
@@ -181,7 +182,7 @@ class RegionalEncoder(nn.Module):
         padded = nn.functional.pad(shallow, pad, mode="replicate") if pad_w or pad_h else shallow
         return self.down(padded)
 
-    def _clip_path(self, fn, *args) -> Tensor:
+    def _clip_path(self, fn: Callable[..., Tensor], *args) -> Tensor:
         """fn over whole clips (the temporal-kernel path), recomputed in the backward under activation checkpointing."""
         if not (self.checkpointing and torch.is_grad_enabled()):
             return fn(*args)
@@ -209,6 +210,16 @@ class RegionalEncoder(nn.Module):
         `stemmed` -> (B, T_s, C_e, h, w)."""
         x = clip.transpose(1, 2)
         return self.latent_features(x if stemmed else self.shallow_features(x)).transpose(1, 2)
+
+    def spatial_features(self, frames: Tensor, shallow: Tensor | None) -> Tensor:
+        """The wubu_gaad backbone's spatial path: frames (B, T, C, H, W) [and the stem's features (B*T, cs, H, W)
+        where they were computed for every frame] -> (B, T_s, C_e, h, w) of the spatial path's frames."""
+        b, t = frames.shape[:2]
+        if self.kt > 1:
+            if shallow is None:
+                return self._clip_path(self._clip_features, frames[:, t - self.t_spatial:], False)
+            return self._clip_path(self._clip_features, shallow.unflatten(0, (b, t))[:, t - self.t_spatial:], True)
+        return self._frame_features(frames, shallow, b, t)
 
     def _frame_features(self, frames: Tensor, shallow: Tensor | None, b: int, t: int) -> Tensor:
         """The per-frame spatial path. -> (B, T_s, C_e, h, w)"""
@@ -256,15 +267,10 @@ class RegionalEncoder(nn.Module):
             return self.to_mu(pooled), self.to_logvar(pooled).clamp(*LOGVAR_RANGE), None
         if self.plain:  # the targets as one clip -> (B, C_e, T_out, h, w), the region codes, the posterior
             h = self._clip_path(self.plain_path, frames[:, t - self.t_out:].transpose(1, 2))
-            h = h + self._region_map(codes)[:, :, None] if codes is not None else h
+            if codes is not None:
+                h = h + self._region_map(codes)[:, :, None]
             return self.to_mu(h), self.to_logvar(h).clamp(*LOGVAR_RANGE), None
-        if self.kt > 1:
-            if shallow is None:
-                feat = self._clip_path(self._clip_features, frames[:, t - self.t_spatial:], False)
-            else:
-                feat = self._clip_path(self._clip_features, shallow.unflatten(0, (b, t))[:, t - self.t_spatial:], True)
-        else:
-            feat = self._frame_features(frames, shallow, b, t)
+        feat = self.spatial_features(frames, shallow)
         context = feat[:, -1]
         if not self.spatial:
             pooled = codes.mean(1)

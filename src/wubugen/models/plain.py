@@ -2,11 +2,18 @@
 
 `--backbone plain` builds the encoder's spatial path and the generator as the plain conv VAE peer is
 (../shared/reference/peer/peer_vae.py): 3-D convs (3x3x3, GroupNorm, SiLU) at every scale, (3, 4, 4) stride (1, 2, 2)
-convs down and transposed convs up, 1x1x1 maps into and out of the latent. Inside wubugen's training this network beat
-the peer itself at equal steps, where wubugen's own backbone (per-frame 2-D convs, a time mix, residual blocks) stayed
-1-2 dB behind (docs/results.md, call 9). The WuBu-GAAD parts stay optional on top of it: the WuBu-T region codes join
-the latent features (`--region_codes`), the motion branch joins through WuBu-T, GAAD-region FiLM modulates every
-generator stage (`--gen_region_film`); with `--region_codes none --no-gen_region_film` it is the peer's network.
+convs down and transposed convs up, 1x1x1 maps into and out of the latent. With `--region_codes none
+--no-gen_region_film` it is the peer's network layer for layer (tests/test_models.py copies the peer's weights in and
+compares outputs); only the logvar clamp is wubugen's (-30, 20) instead of the peer's (-20, 10). Inside wubugen's
+training it beat the peer itself at equal steps, where wubugen's own backbone stayed about 1 dB behind
+(docs/results.md, call 10). The WuBu-GAAD parts stay optional on top of it: the WuBu-T region codes join the latent
+features (`--region_codes`), the motion branch joins through WuBu-T, GAAD-region FiLM modulates every generator block
+(`--gen_region_film`).
+
+Widths come from encoder_shallow_cnn_channels (full resolution) and encoder_channels (latent resolution), mirrored in
+the generator; the wubu_gaad backbone's depth and kernel options (encoder_res_blocks, encoder_temporal_kernel_size,
+gen_base_channels, gen_res_blocks, gen_temporal_kernel_size, gen_temporal_stages, gen_final_conv_kernel_spatial) do
+not apply to it (the `backbone` option's help says so).
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from wubugen.config import FrameGeometry, ModelConfig
 from wubugen.models.layers import RegionFiLM, crop_to, group_norm, masks_for, region_boxes
@@ -27,7 +35,8 @@ def _conv(cin: int, cout: int, down: bool = False) -> nn.Conv3d:
 
 
 def plain_widths(m: ModelConfig) -> list[int]:
-    """Channels from full resolution down to the latent grid: shallow, doubling, encoder_channels at the latent."""
+    """Channels from full resolution down to the latent grid: shallow, doubling, encoder_channels at the latent
+    (one per downsampling; the config refuses latent_downsample 1 for this backbone)."""
     n = int(math.log2(m.latent_downsample))
     cs, ce = m.encoder_shallow_cnn_channels, m.encoder_channels
     return [cs] + [min(ce, cs * 2 ** (i + 1)) if i < n - 1 else ce for i in range(n)]
@@ -60,6 +69,7 @@ class PlainGenerator(nn.Module):
     def __init__(self, m: ModelConfig, geo: FrameGeometry, h0: int, w0: int):
         super().__init__()
         self.height, self.width = geo.height, geo.width
+        self.checkpointing = False  # a runtime switch (layers.set_activation_checkpointing), not a model option
         ch = plain_widths(m)[::-1]
         self.expand = nn.Conv3d(m.latent_channels, ch[0], 1)
         self.convs = nn.ModuleList([_conv(ch[0], ch[0]), _conv(ch[0], ch[0])] + [
@@ -80,8 +90,20 @@ class PlainGenerator(nn.Module):
         self.out = TapConv3d(ch[-1], geo.channels, (3, 3, 3))
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """`context` is the predict task's, which this backbone does not take (the config refuses predict)."""
         x = self.expand(z)
-        for conv, norm, film in zip(self.convs, self.norms, self.films):
-            x = self.act(film(norm(conv(x))))
-        x = torch.tanh(self.out(x))
+        for i in range(len(self.convs) - 1):
+            x = self.block(i, x)
+        if self.checkpointing and torch.is_grad_enabled():
+            # the full-resolution block and the output conv are recomputed in backward (nothing random in them)
+            x = checkpoint(self.last_stage, x, use_reentrant=False, preserve_rng_state=False)
+        else:
+            x = self.last_stage(x)
         return crop_to(x, self.height, self.width).transpose(1, 2)
+
+    def block(self, i: int, x: Tensor) -> Tensor:
+        return self.act(self.films[i](self.norms[i](self.convs[i](x))))
+
+    def last_stage(self, x: Tensor) -> Tensor:
+        """The last (full-resolution) block and the output conv. -> (B, C, T, H', W') in [-1, 1]"""
+        return torch.tanh(self.out(self.block(len(self.convs) - 1, x)))
