@@ -34,6 +34,8 @@ NEW="$COMMON --encoder_shallow_cnn_channels 64 --encoder_channels 256 --encoder_
  --encoder_targets_only --region_codes gated --augment_flip --disc_patch_logits --gan_weighting adaptive
  --lambda_gan 0.1 --gan_start_step 500 --ema_decay 0.999"
 PIX="--region_codes gated --no-encoder_use_roi_align --encoder_pixel_patch_size 8"
+CODELESS="$NEW --region_codes none --ema_decay 0"  # the recipe of calls 4-10 (docs/results.md)
+PEERLIKE="--encoder_temporal_kernel_size 3 --no-gen_region_film --gen_temporal_stages all"  # the peer's layout, pieces
 collect() {  # $1: a sweep folder -> its table, summary and the first run's final samples into $OUT
   cp "$1/table.md" "$OUT/$2_table.md"; cp "$1/summary.json" "$OUT/$2_summary.json"
 }
@@ -57,37 +59,37 @@ for s in ${*:-sweep}; do
         --run "pix_cw=$NEW $PIX --compile_wubu"
       for r in pix pix_nogan; do cp /tmp/sweep/$r/samples/final_*.png "$OUT/samples_$r.png" 2>/dev/null; done ;;
     generalise)  # the next questions (docs/results.md "Not yet done"): what closes the gap to the peer, at equal steps
-      R="$NEW --region_codes none --ema_decay 0 --lambda_gan 1 --val_interval 600"
+      R="$CODELESS --lambda_gan 1 --val_interval 600"
       with_peer generalise "${SECONDS_SWEEP:-330}" --prebuild 64 --run "base=$R" --run "kl1e-3=$R --lambda_kl 1e-3" --run "kl6e-3=$R --lambda_kl 6e-3" \
         --run "noclip=$R --global_max_grad_norm 0" --run "nogan=$R --lambda_gan 0" \
         --run "wd1e-2=$R --weight_decay 1e-2" --run "pix_cw=$R $PIX --compile_wubu" \
         --run "pix_cw_euclid=$R $PIX --compile_wubu --wubu_euclidean" ;;
     backbone)  # the next session's ablations (docs/results.md "What is left"): the backbone and the GAN, at equal steps
-      R="$NEW --region_codes none --ema_decay 0 --lambda_gan 1 --val_interval 600"
+      R="$CODELESS --lambda_gan 1 --val_interval 600"
       with_peer backbone "${SECONDS_SWEEP:-330}" --prebuild 64 --run "base=$R" --run "nogan=$R --lambda_gan 0" --run "gan_late=$R --lambda_gan 0.1 --gan_start_step 3000" \
         --run "gen_t_all=$R --gen_temporal_stages all" --run "lat16=$R --latent_channels 16" \
         --run "lr6e-4=$R --learning_rate_gen 6e-4" --run "wide=$R --gen_base_channels 96 --encoder_shallow_cnn_channels 96" ;;
     bisect)  # the peer's backbone piece by piece on the recipe (docs/results.md "What is left"), at equal steps
-      R="$NEW --region_codes none --ema_decay 0 --lambda_gan 1 --val_interval 600"
-      P="--encoder_temporal_kernel_size 3 --no-gen_region_film --gen_temporal_stages all"
+      R="$CODELESS --lambda_gan 1 --val_interval 600"
+      P=$PEERLIKE
       with_peer bisect "${SECONDS_SWEEP:-330}" --prebuild 64 --run "base=$R" --run "enc3d=$R --encoder_temporal_kernel_size 3" \
         --run "nofilm=$R --no-gen_region_film" --run "gen_t_all=$R --gen_temporal_stages all" --run "peerlike=$R $P" \
         --run "peerlike_gan01=$R $P --lambda_gan 0.1 --gan_start_step 2000" --run "peerlike_nogan=$R $P --lambda_gan 0" ;;
     diagnose)  # why the peer's own pieces lose inside wubugen (call 8): depth, the step's machinery, the peer's exact objective
-      R="$NEW --region_codes none --ema_decay 0 --lambda_gan 0 --val_interval 600"
-      P="$R --encoder_temporal_kernel_size 3 --no-gen_region_film --gen_temporal_stages all"
+      R="$CODELESS --lambda_gan 0 --val_interval 600"
+      P="$R $PEERLIKE"
       with_peer diagnose "${SECONDS_SWEEP:-330}" --prebuild 64 --run "base=$R" --run "base_nographs=$R --no-cuda_graphs" \
         --run "peerlike=$P" --run "peerlike_r0=$P --encoder_res_blocks 0" \
         --run "peerlike_r0_obj=$P --encoder_res_blocks 0 --global_max_grad_norm 0 --kl_reduction sum --lambda_kl 1e-6" \
         --run "peerlike_nographs=$P --no-cuda_graphs" --run "peerlike_w0=$P --num_workers 0" ;;
     plain)  # the peer's own network inside wubugen's training (--backbone plain, call 10): backbone or training?
-      R="$NEW --region_codes none --ema_decay 0 --lambda_gan 0 --val_interval 600"
+      R="$CODELESS --lambda_gan 0 --val_interval 600"
       O="--global_max_grad_norm 0 --kl_reduction sum --lambda_kl 1e-6"
       with_peer plain "${SECONDS_SWEEP:-330}" --prebuild 64 --run "base=$R" --run "base_r0=$R --encoder_res_blocks 0 --gen_res_blocks 0" \
         --run "plain=$R --backbone plain" --run "plain_obj=$R --backbone plain $O" \
         --run "plain_gan=$R --backbone plain --lambda_gan 1" --run "plain_obj_gan01=$R --backbone plain $O --lambda_gan 0.1" ;;
     hybrid)  # the WuBu-GAAD parts on the plain backbone, GAN on: what each adds to the bare network (after call 10)
-      R="$NEW --region_codes none --ema_decay 0 --lambda_gan 1 --val_interval 400 --backbone plain --no-compile_wubu"
+      R="$CODELESS --lambda_gan 1 --val_interval 400 --backbone plain --no-compile_wubu"
       with_peer hybrid "${SECONDS_SWEEP:-330}" --prebuild 64 --run "plain=$R --no-gen_region_film" \
         --run "plain_gan01=$R --no-gen_region_film --lambda_gan 0.1" --run "film=$R" \
         --run "codes=$R $PIX --no-gen_region_film" --run "codes_film=$R $PIX" \

@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from wubugen.config import FrameGeometry, ModelConfig
 from wubugen.gaad import normalized_boxes
-from wubugen.models.layers import ResBlock3d, group_norm, masks_for, region_boxes
+from wubugen.models.layers import ResBlock3d, group_norm, masks_for, pad_to_grid, region_boxes
 from wubugen.models.plain import PlainSpatialPath, plain_widths
 from wubugen.models.roi import StaticRoIAlign
 from wubugen.models.wubu import WuBuStack
@@ -102,7 +102,7 @@ class RegionalEncoder(nn.Module):
                              "spatial latent, encoder_targets_only")
         own_path = self.use_spatial_path and not self.plain
         if own_path or (self.use_regions and self.use_roi_align):
-            self.stem = spatial_block(C, cs, kt=1 if self.plain else self.kt)
+            self.stem = spatial_block(C, cs, kt=self.kt)  # kt is 1 for the plain backbone: RoIAlign's per-frame map
         if own_path:
             n_down = int(math.log2(m.latent_downsample))
             chans = plain_widths(m)
@@ -143,9 +143,9 @@ class RegionalEncoder(nn.Module):
                 self._build_time_layers(m, ce)
             self.to_mu = nn.Conv3d(ce, m.latent_channels, 1)
             self.to_logvar = nn.Conv3d(ce, m.latent_channels, 1)
-            kt = 3 if self.t_out > 1 else 1
-            n_res = 0 if self.plain else m.encoder_res_blocks
-            self.res_blocks = nn.Sequential(*[ResBlock3d(ce, kt) for _ in range(n_res)])
+            if not self.plain:  # built after the posterior maps: the initialisation order of earlier commits
+                kt = 3 if self.t_out > 1 else 1
+                self.res_blocks = nn.Sequential(*[ResBlock3d(ce, kt) for _ in range(m.encoder_res_blocks)])
             if self.region_codes == "gated":
                 # per channel, starting small: the codes are a correction the spatial path may take up, not a second
                 # copy of the content that a decoder could learn to memorise training clips by
@@ -176,11 +176,7 @@ class RegionalEncoder(nn.Module):
     def latent_features(self, shallow: Tensor) -> Tensor:
         """The spatial path down to the latent grid: (N, cs, H, W) -> (N, C_e, h, w); with temporal kernels
         (B, cs, T, H, W) -> (B, C_e, T, h, w)."""
-        f = self.latent_downsample
-        pad_w, pad_h = self.w * f - shallow.shape[-1], self.h * f - shallow.shape[-2]  # not multiples: replicate edges
-        pad = (0, pad_w, 0, pad_h) + ((0, 0) if shallow.dim() == 5 else ())
-        padded = nn.functional.pad(shallow, pad, mode="replicate") if pad_w or pad_h else shallow
-        return self.down(padded)
+        return self.down(pad_to_grid(shallow, self.h, self.w, self.latent_downsample))
 
     def _clip_path(self, fn: Callable[..., Tensor], *args) -> Tensor:
         """fn over whole clips (the temporal-kernel path), recomputed in the backward under activation checkpointing."""

@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from wubugen.config import FrameGeometry, ModelConfig
 from wubugen.models.encoder import latent_grid
-from wubugen.models.layers import RegionFiLM, ResBlock3d, crop_to, group_norm, masks_for, region_boxes
+from wubugen.models.layers import ResBlock3d, crop_to, group_norm, region_boxes, region_film
 from wubugen.models.tapconv import TapConv3d
 
 MAX_CHANNELS = 512
@@ -57,13 +57,9 @@ class Generator(nn.Module):
         self.context_channels = context_channels
 
         boxes = region_boxes(m, geo.width, geo.height)
-        film_hidden = max(32, boxes.shape[0])
 
         def film(ch: int, level: int) -> nn.Module:
-            if not m.gen_region_film:
-                return nn.Identity()
-            h, w = h0 * 2 ** level, w0 * 2 ** level
-            return RegionFiLM(masks_for(boxes, geo.width, geo.height, h, w), ch, film_hidden)
+            return region_film(m.gen_region_film, boxes, geo.width, geo.height, h0 * 2 ** level, w0 * 2 ** level, ch)
 
         self.stem = nn.Conv3d(in_ch + context_channels, chans[0], (kt, 3, 3), 1, (kt // 2, 1, 1))
         self.stem_norm = group_norm(chans[0])

@@ -86,6 +86,23 @@ class RegionFiLM(nn.Module):
         return x * (1 + gamma) + beta
 
 
+def region_film(enabled: bool, boxes: Tensor, width: int, height: int, h: int, w: int, channels: int) -> nn.Module:
+    """The generators' FiLM of a stage on an h x w grid (RegionFiLM from the boxes' coverage maps), or the identity
+    without --gen_region_film."""
+    if not enabled:
+        return nn.Identity()
+    return RegionFiLM(masks_for(boxes, width, height, h, w), channels, max(32, boxes.shape[0]))
+
+
+def pad_to_grid(x: Tensor, h: int, w: int, factor: int) -> Tensor:
+    """Replicate the right and bottom edges of (..., H, W) frames up to (h * factor, w * factor), so that a frame size
+    that is not a multiple of the downsampling reaches the ceil-sized latent grid; 4-D and 5-D inputs."""
+    pad_w, pad_h = w * factor - x.shape[-1], h * factor - x.shape[-2]
+    if not (pad_w or pad_h):
+        return x
+    return nn.functional.pad(x, (0, pad_w, 0, pad_h) + ((0, 0) if x.dim() == 5 else ()), mode="replicate")
+
+
 def masks_for(boxes: Tensor, width: int, height: int, h: int, w: int) -> Tensor:
     """Region coverage maps of `boxes` on an h x w grid over the frame. -> (R, h, w)"""
     return region_masks(boxes, width, height, h, w)

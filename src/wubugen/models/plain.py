@@ -20,12 +20,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from wubugen.config import FrameGeometry, ModelConfig
-from wubugen.models.layers import RegionFiLM, crop_to, group_norm, masks_for, region_boxes
+from wubugen.models.layers import crop_to, group_norm, pad_to_grid, region_boxes, region_film
 from wubugen.models.tapconv import TapConv3d
 
 
@@ -35,8 +34,8 @@ def _conv(cin: int, cout: int, down: bool = False) -> nn.Conv3d:
 
 
 def plain_widths(m: ModelConfig) -> list[int]:
-    """Channels from full resolution down to the latent grid: shallow, doubling, encoder_channels at the latent
-    (one per downsampling; the config refuses latent_downsample 1 for this backbone)."""
+    """Channels from full resolution down to the latent grid: shallow, doubling, encoder_channels at the latent (one
+    per downsampling; both backbones' encoders; the config refuses latent_downsample 1 for the plain one)."""
     n = int(math.log2(m.latent_downsample))
     cs, ce = m.encoder_shallow_cnn_channels, m.encoder_channels
     return [cs] + [min(ce, cs * 2 ** (i + 1)) if i < n - 1 else ce for i in range(n)]
@@ -55,10 +54,7 @@ class PlainSpatialPath(nn.Module):
         self.body = nn.Sequential(*[nn.Sequential(c, group_norm(c.out_channels), nn.SiLU()) for c in layers])
 
     def forward(self, x: Tensor) -> Tensor:
-        pad_w, pad_h = self.w * self.f - x.shape[-1], self.h * self.f - x.shape[-2]
-        if pad_w or pad_h:
-            x = F.pad(x, (0, pad_w, 0, pad_h, 0, 0), mode="replicate")
-        return self.body(x)
+        return self.body(pad_to_grid(x, self.h, self.w, self.f))
 
 
 class PlainGenerator(nn.Module):
@@ -77,14 +73,9 @@ class PlainGenerator(nn.Module):
         levels = [0, 0] + list(range(1, len(ch)))
         self.norms = nn.ModuleList([group_norm(c.out_channels) for c in self.convs])
         boxes = region_boxes(m, geo.width, geo.height)
-
-        def film(c: nn.Module, level: int) -> nn.Module:
-            if not m.gen_region_film:
-                return nn.Identity()
-            masks = masks_for(boxes, geo.width, geo.height, h0 * 2 ** level, w0 * 2 ** level)
-            return RegionFiLM(masks, c.out_channels, max(32, boxes.shape[0]))
-
-        self.films = nn.ModuleList([film(c, lv) for c, lv in zip(self.convs, levels)])
+        self.films = nn.ModuleList([
+            region_film(m.gen_region_film, boxes, geo.width, geo.height, h0 * 2 ** lv, w0 * 2 ** lv, c.out_channels)
+            for c, lv in zip(self.convs, levels)])
         self.act = nn.SiLU()
         # a TapConv3d is an nn.Conv3d (same parameters and math) that the trainer may switch to its faster tap path
         self.out = TapConv3d(ch[-1], geo.channels, (3, 3, 3))
