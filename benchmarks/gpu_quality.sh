@@ -10,6 +10,8 @@
 #   bash benchmarks/gpu_quality.sh diagnose   depth, CUDA graphs, workers and the peer's exact objective, without the GAN
 #   bash benchmarks/gpu_quality.sh plain      the peer's network inside wubugen (--backbone plain), with and without the GAN
 #   bash benchmarks/gpu_quality.sh hybrid     region codes and FiLM on the plain backbone, GAN on
+#   bash benchmarks/gpu_quality.sh candidates the launcher as shipped and its twin without codes, after the peer, alone
+#   bash benchmarks/gpu_quality.sh codes      the launcher's eager WuBu codes on a second stream and on the current one
 #   bash benchmarks/gpu_quality.sh final      the peer, then wubugen's recipe, each alone for SECONDS (equal GPU time)
 #   bash benchmarks/gpu_quality.sh alone      wubugen's recipe with RECIPE's changes alone for SECONDS_FINAL (no peer)
 #   bash benchmarks/gpu_quality.sh phases     the guide's phase plan end to end at 64x64 (shortened), prior samples per phase
@@ -29,6 +31,10 @@ git log --oneline -1 >> "$OUT/gpu.txt" 2>/dev/null
 COMMON="--preset launcher --image_h 64 --image_w 64 --no-compile --optimizer riemannian_adam --batch_size 32
  --no-disc_use_gaad_film_condition --no-q_controller_enabled --no-use_lpips_for_verification --log_interval 100
  --val_interval 500 --save_interval 0 --max_steps 1000000 --wandb_log_train_recon_interval 0
+ --wandb_log_fixed_noise_samples_interval 0 --demo_num_samples 16"
+# the launcher preset as a user runs it at 64x64 (Q-control on; LPIPS off: no weights on the GPU image)
+SHIPPED="--preset launcher --image_h 64 --image_w 64 --batch_size 32 --no-use_lpips_for_verification --log_interval 100
+ --val_interval 1000 --save_interval 0 --max_steps 1000000 --wandb_log_train_recon_interval 0
  --wandb_log_fixed_noise_samples_interval 0 --demo_num_samples 16"
 NEW="$COMMON --encoder_shallow_cnn_channels 64 --encoder_channels 256 --encoder_res_blocks 1 --gen_res_blocks 1
  --encoder_targets_only --region_codes gated --augment_flip --disc_patch_logits --gan_weighting adaptive
@@ -93,10 +99,24 @@ for s in ${*:-sweep}; do
       with_peer hybrid "${SECONDS_SWEEP:-330}" --prebuild 64 --run "plain=$R --no-gen_region_film" \
         --run "plain_gan01=$R --no-gen_region_film --lambda_gan 0.1" --run "film=$R" \
         --run "codes=$R $PIX --no-gen_region_film" --run "codes_film=$R $PIX" \
-        --run "codes_film_euclid=$R $PIX --wubu_euclidean" ;;
+        --run "codes_film_euclid=$R $PIX --wubu_euclidean" --run "codes_film_q=$R $PIX --q_controller_enabled"
+      for r in plain codes_film; do cp /tmp/hybrid/$r/samples/final_*.png "$OUT/samples_$r.png" 2>/dev/null; done ;;
     speed)  # each alone for a short while: steps/s and set-up, to turn equal steps into equal GPU time
       with_peer speed "${SECONDS_SPEED:-45}" --sequential --run "nocodes=$NEW --region_codes none" \
         --run "pix=$NEW $PIX" --run "pix_cw=$NEW $PIX --compile_wubu" ;;
+    candidates)  # the launcher preset as shipped (plain backbone, FiLM, gated WuBu codes, Q-control) and its codeless,
+      # Q-less twin, each alone after the peer for SECONDS_FINAL: equal GPU time, set-up counted
+      with_peer candidates "${SECONDS_FINAL:-150}" --sequential --prebuild 64 --run "launcher=$SHIPPED" \
+        --run "film=$SHIPPED --region_codes none --no-q_controller_enabled"
+      cp /tmp/candidates/launcher/samples/final_*.png "$OUT/candidates_samples.png" 2>/dev/null
+      cp -r /tmp/candidates/launcher/media "$OUT/candidates_media" 2>/dev/null ;;
+    codes)  # the shipped launcher's WuBu codes run eagerly, on a second stream or on the current one, after the peer
+      timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_graphs.py -k side_stream 2>&1 \
+        | tail -4 | tee "$OUT/gpu_tests.txt"
+      with_peer codes "${SECONDS_FINAL:-150}" --sequential --prebuild 64 --run "side=$SHIPPED --no-compile_wubu" \
+        --run "noside=$SHIPPED --no-compile_wubu --no-wubu_side_stream"
+      cp /tmp/codes/side/samples/final_*.png "$OUT/codes_samples.png" 2>/dev/null
+      cp -r /tmp/codes/side/media "$OUT/codes_media" 2>/dev/null ;;
     final)
       with_peer final "${SECONDS_FINAL:-150}" --sequential --prebuild 64 --run "recipe=$NEW ${RECIPE:-}"
       cp /tmp/final/recipe/samples/final_*.png "$OUT/final_samples.png" 2>/dev/null
@@ -124,6 +144,6 @@ for s in ${*:-sweep}; do
         -o -name "*.png" \) -not -path "./*/step_*" | head -400 | xargs -r cp --parents -t "$OUT/plan")
       # the device tool brings back a limited number of files: one archive holds the rest
       (cd "$OUT" && tar czf phases.tgz plan prior_*.png normal_*.png summary_*.json && rm -rf plan normal_*.png summary_*.json) ;;
-    *) echo "unknown section $s (sweep generalise backbone bisect diagnose plain hybrid speed final alone phases)"; exit 2 ;;
+    *) echo "unknown section $s (sweep generalise backbone bisect diagnose plain hybrid speed candidates codes final alone phases)"; exit 2 ;;
   esac
 done

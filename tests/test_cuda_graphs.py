@@ -69,6 +69,11 @@ MOTION = {"use_wubu_motion_branch": True, "optical_flow_net_type": "dis"}
     ("riemannian_adam", {}, {}), ("riemannian_sgd", {}, {}),
     ("riemannian_adam", {"activation_checkpointing": True}, {}),  # same math, recomputed inside the graph
     ("riemannian_adam", MOTION, MOTION),  # cached flows are a second static input
+    # the region codes on a second stream (on by default) against the eager step with them on the current stream:
+    # the capture records the fork and the join, the numbers stay the same; for both backbones
+    pytest.param("riemannian_adam", {}, {"wubu_side_stream": False}, id="side_stream"),
+    pytest.param("riemannian_adam", {"backbone": "plain"}, {"backbone": "plain", "wubu_side_stream": False},
+                 id="side_stream_plain"),
 ])
 def test_replayed_steps_match_eager_steps(optimizer, over, eager_over):
     losses_e, weights_e, eager = run_sequence(False, optimizer, **eager_over)
@@ -81,6 +86,26 @@ def test_replayed_steps_match_eager_steps(optimizer, over, eager_over):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     for a, b in zip(weights_e, weights_g):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_side_stream_codes_match_eagerly_in_training_and_eval():
+    """The codes' second stream on its own, without graphs: a training step and an eval forward equal the same model's
+    with the codes on the current stream."""
+    out = {}
+    for side in (True, False):
+        r = make_runner(False, wubu_side_stream=side)
+        assert r.players.model.encoder.codes_stream is side
+        data = clips(r, 2)
+        torch.cuda.manual_seed(7)
+        losses, *_ = r.run([data[0]], 1e-4, True)
+        model = r.players.model.eval()
+        with torch.no_grad():
+            mu = model.encoder(r.prepare(data[1])[:, :r.cfg.encoder_frames])[0]
+        out[side] = (losses, mu, weights(r))
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(out[True][2], out[False][2]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_nonfinite_replayed_step_is_skipped_and_counted():

@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from wubugen.config import FrameGeometry, ModelConfig
 from wubugen.gaad import normalized_boxes
-from wubugen.models.layers import ResBlock3d, group_norm, masks_for, pad_to_grid, region_boxes
+from wubugen.models.layers import ResBlock3d, group_norm, masks_for, pad_to_grid, region_boxes, side_stream
 from wubugen.models.plain import PlainSpatialPath, plain_widths
 from wubugen.models.roi import StaticRoIAlign
 from wubugen.models.wubu import WuBuStack
@@ -74,6 +74,7 @@ class RegionalEncoder(nn.Module):
         cs, ce = m.encoder_shallow_cnn_channels, m.encoder_channels
         self.h, self.w = latent_grid(m, geo)
         self.checkpointing = False  # a runtime switch (layers.set_activation_checkpointing), not a model option
+        self.codes_stream = False  # a runtime switch (layers.set_codes_stream), not a model option
         self.region_codes = m.region_codes
         self.use_regions = m.region_codes != "none"
         if not self.use_regions and not self.spatial:
@@ -244,6 +245,32 @@ class RegionalEncoder(nn.Module):
         box = self.box_features.to(per_region.dtype)[None].expand(b, -1, -1)
         return self.wubu_t(torch.cat([per_region, box], -1))
 
+    def _launch_codes(self, shallow: Tensor | None, x: Tensor, b: int, t: int, motion: Tensor | None):
+        """The region codes (B, R, D_t), and the stream they were queued on (None: the current one). With
+        `codes_stream` on CUDA they go on a second stream: WuBu's thousands of small kernels (forward, and through
+        autograd's stream rule their backward) then run beside the conv path's large ones instead of after them; a
+        CUDA-graph capture records the fork and the join. The codes read only what exists at this point."""
+        if not (self.codes_stream and x.is_cuda):
+            return self.region_codes_of(shallow, x, b, t, motion), None
+        main, side = torch.cuda.current_stream(x.device), side_stream(x.device)
+        side.wait_stream(main)
+        for inp in (shallow, x, motion):  # made on the current stream, read on the side one: no early reuse
+            if inp is not None:
+                inp.record_stream(side)
+        with torch.cuda.stream(side):
+            codes = self.region_codes_of(shallow, x, b, t, motion)
+        return codes, side
+
+    @staticmethod
+    def _join(codes: Tensor | None, stream) -> Tensor | None:
+        """Make the current stream wait for the codes' stream before they are read (and keep their memory from being
+        reused by that stream while the current one still reads it)."""
+        if stream is not None:
+            main = torch.cuda.current_stream(codes.device)
+            main.wait_stream(stream)
+            codes.record_stream(main)
+        return codes
+
     def forward(self, frames: Tensor, motion: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         b, t, c, hh, ww = frames.shape
         x = frames.reshape(b * t, c, hh, ww)
@@ -256,18 +283,19 @@ class RegionalEncoder(nn.Module):
             shallow = self._clip_path(self.shallow_features, frames.transpose(1, 2)).transpose(1, 2).flatten(0, 1)
         else:
             shallow = self._per_frame(self.shallow_features, x)  # (B*T, cs, H, W)
-        codes = self.region_codes_of(shallow, x, b, t, motion) if self.use_regions else None  # (B, R, D_t)
+        codes, codes_on = self._launch_codes(shallow, x, b, t, motion) if self.use_regions else (None, None)
 
         if not self.use_spatial_path:
-            pooled = codes.mean(1)
+            pooled = self._join(codes, codes_on).mean(1)
             return self.to_mu(pooled), self.to_logvar(pooled).clamp(*LOGVAR_RANGE), None
         if self.plain:  # the targets as one clip -> (B, C_e, T_out, h, w), the region codes, the posterior
             h = self._clip_path(self.plain_path, frames[:, t - self.t_out:].transpose(1, 2))
             if codes is not None:
-                h = h + self._region_map(codes)[:, :, None]
+                h = h + self._region_map(self._join(codes, codes_on))[:, :, None]
             return self.to_mu(h), self.to_logvar(h).clamp(*LOGVAR_RANGE), None
         feat = self.spatial_features(frames, shallow)
         context = feat[:, -1]
+        codes = self._join(codes, codes_on)
         if not self.spatial:
             pooled = codes.mean(1)
             return self.to_mu(pooled), self.to_logvar(pooled).clamp(*LOGVAR_RANGE), context

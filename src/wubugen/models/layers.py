@@ -114,6 +114,26 @@ def crop_to(x: Tensor, height: int, width: int) -> Tensor:
 
 
 
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def side_stream(device: torch.device) -> torch.cuda.Stream:
+    """One second CUDA stream per device, made once (a module-level cache: modules that hold a stream cannot be
+    deep-copied, as the EMA copies the generator)."""
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SIDE_STREAMS:
+        _SIDE_STREAMS[idx] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[idx]
+
+
+def set_codes_stream(module: nn.Module, on: bool) -> None:
+    """Run the WuBu region codes on a second CUDA stream, beside the conv path (a runtime switch: the same kernels on
+    the same inputs, so the model is unchanged). Acts on every submodule with a `codes_stream` attribute."""
+    for m in module.modules():
+        if hasattr(m, "codes_stream"):
+            m.codes_stream = on
+
+
 def set_activation_checkpointing(module: nn.Module, on: bool) -> None:
     """Recompute full-resolution activations in the backward pass instead of keeping them (a runtime switch like the
     tap convs: the math, and so the model, is unchanged). Acts on every submodule with a `checkpointing` attribute."""

@@ -13,7 +13,7 @@ from torch import nn
 from wubugen.config import Config, ConfigError
 from wubugen.eval.metrics import HIGHER_IS_BETTER
 from wubugen.models.discriminator import build_discriminator
-from wubugen.models.layers import set_activation_checkpointing
+from wubugen.models.layers import set_activation_checkpointing, set_codes_stream
 from wubugen.models.vaegan import WuBuGAADHybridGen, build_model
 from wubugen.train.distributed import DistInfo
 from wubugen.train.ema import EMA
@@ -78,6 +78,9 @@ def build_players(cfg: Config, device: torch.device, dist: DistInfo | None = Non
     model = build_model(cfg.model, cfg.geometry).to(device)
     disc = build_discriminator(cfg.model, cfg.geometry).to(device)
     set_activation_checkpointing(model, t.activation_checkpointing)
+    # not under DDP's hooks, which would fire on the second stream's gradients (flat sync reads them after the backward)
+    set_codes_stream(model, t.wubu_side_stream and device.type == "cuda"
+                     and not (dist is not None and dist.enabled and t.ddp_comm == "ddp"))
     speed_layout(cfg, model, disc, device, precision)
     model_step: nn.Module = model
     disc_step: nn.Module = disc
