@@ -117,6 +117,17 @@ for s in ${*:-sweep}; do
         --run "noside=$SHIPPED --no-compile_wubu --no-wubu_side_stream"
       cp /tmp/codes/side/samples/final_*.png "$OUT/codes_samples.png" 2>/dev/null
       cp -r /tmp/codes/side/media "$OUT/codes_media" 2>/dev/null ;;
+    codes_alone)  # the same without the peer, for a short budget: the second stream for SECONDS_FINAL, then the
+      # current stream for SECONDS_NOSIDE (enough for its steps/s)
+      timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_graphs.py -k side_stream 2>&1 \
+        | tail -4 | tee "$OUT/gpu_tests.txt"
+      python3 benchmarks/quality_sweep.py --data $D --out /tmp/side --seconds "${SECONDS_FINAL:-150}" --sequential \
+        --prebuild 64 --run "side=$SHIPPED --no-compile_wubu" | tee "$OUT/side.txt"
+      collect /tmp/side side
+      cp /tmp/side/side/samples/final_*.png "$OUT/side_samples.png" 2>/dev/null
+      python3 benchmarks/quality_sweep.py --data $D --out /tmp/noside --seconds "${SECONDS_NOSIDE:-70}" --sequential \
+        --run "noside=$SHIPPED --no-compile_wubu --no-wubu_side_stream" | tee "$OUT/noside.txt"
+      collect /tmp/noside noside ;;
     final)
       with_peer final "${SECONDS_FINAL:-150}" --sequential --prebuild 64 --run "recipe=$NEW ${RECIPE:-}"
       cp /tmp/final/recipe/samples/final_*.png "$OUT/final_samples.png" 2>/dev/null
@@ -144,6 +155,6 @@ for s in ${*:-sweep}; do
         -o -name "*.png" \) -not -path "./*/step_*" | head -400 | xargs -r cp --parents -t "$OUT/plan")
       # the device tool brings back a limited number of files: one archive holds the rest
       (cd "$OUT" && tar czf phases.tgz plan prior_*.png normal_*.png summary_*.json && rm -rf plan normal_*.png summary_*.json) ;;
-    *) echo "unknown section $s (sweep generalise backbone bisect diagnose plain hybrid speed candidates codes final alone phases)"; exit 2 ;;
+    *) echo "unknown section $s (sweep generalise backbone bisect diagnose plain hybrid speed candidates codes codes_alone final alone phases)"; exit 2 ;;
   esac
 done
