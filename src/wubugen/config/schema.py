@@ -340,11 +340,12 @@ class TrainConfig:
         False, "torch.compile both networks (minutes of compilation at the start, then faster steps)",
         group="speed", common=True)
     # on CUDA, torch.compile of the WuBu stacks alone (the many small hyperbolic ops fused into few kernels: 31.7 ->
-    # 48.2 steps/s for 18 s more set-up at 64x64 on an H200, docs/results.md; the whole players take minutes);
-    # inductor's caches live under --cache_dir, so a repeat run starts without recompiling
+    # 48.2 steps/s at 64x64 on an H200, docs/results.md). Off by default: on a cold inductor cache the launcher's first
+    # log came 108 s after start against 27 s eagerly, and its 150 s run validated at 21.7 dB against 26.6 eagerly;
+    # inductor's caches live under --cache_dir, so repeat runs of a long training start without recompiling
     compile_wubu: bool = opt(
-        True, "on CUDA, torch.compile the WuBu stacks alone (seconds of compilation; ignored with --compile)",
-        group="speed")
+        False, "on CUDA, torch.compile the WuBu stacks alone (faster steps after about 80 s of compilation on a cold "
+        "cache, cached under --cache_dir; ignored with --compile)", group="speed")
     # torch.compile mode: max-autotune-no-cudagraphs lets inductor time its own Triton convolution/matmul kernels against
     # cuDNN/cuBLAS per shape (much longer compilation); our CUDA graphs replace torch's, hence no reduce-overhead
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = opt(
@@ -737,7 +738,8 @@ def validate(cfg: Config) -> None:
                           "or a RAFT net to train the flow")
     if m.backbone == "plain" and (m.task != "reconstruct" or m.latent_type != "spatial" or not m.encoder_targets_only):
         raise ConfigError("--backbone plain encodes the frames a spatial latent stands for: it needs --task "
-                          "reconstruct, --latent_type spatial and --encoder_targets_only")
+                          "reconstruct, --latent_type spatial and --encoder_targets_only (for the predict task or a "
+                          "global latent: --backbone wubu_gaad)")
     if m.backbone == "plain" and m.latent_downsample < 2:
         raise ConfigError("--backbone plain downsamples to its latent: it needs --latent_downsample of at least 2")
     if m.encoder_temporal_kernel_size > 1 and m.encoder_use_roi_align and m.region_codes != "none":
