@@ -71,14 +71,18 @@ MOTION = {"use_wubu_motion_branch": True, "optical_flow_net_type": "dis"}
     ("riemannian_adam", MOTION, MOTION),  # cached flows are a second static input
     # the region codes on a second stream (on by default) against the eager step with them on the current stream:
     # the capture records the fork and the join, the numbers stay the same; for both backbones
-    pytest.param("riemannian_adam", {}, {"wubu_side_stream": False}, id="side_stream"),
-    pytest.param("riemannian_adam", {"backbone": "plain"}, {"backbone": "plain", "wubu_side_stream": False},
-                 id="side_stream_plain"),
+    pytest.param("riemannian_adam", {"wubu_side_stream": True}, {"wubu_side_stream": False}, id="side_stream"),
+    pytest.param("riemannian_adam", {"backbone": "plain", "wubu_side_stream": True},
+                 {"backbone": "plain", "wubu_side_stream": False}, id="side_stream_plain"),
+    pytest.param("riemannian_adam", {"encoder_use_roi_align": True, "wubu_side_stream": True},
+                 {"encoder_use_roi_align": True, "wubu_side_stream": False}, id="side_stream_roi"),  # reads the stem
 ])
 def test_replayed_steps_match_eager_steps(optimizer, over, eager_over):
     losses_e, weights_e, eager = run_sequence(False, optimizer, **eager_over)
     losses_g, weights_g, graphed = run_sequence(True, optimizer, **over)
     assert graphed.graphs_on and not eager.graphs_on
+    if "wubu_side_stream" in over:
+        assert graphed.players.model.encoder.codes_stream and not eager.players.model.encoder.codes_stream
     # steps 0-2 eager warm-up, step 3 captures the graph without the adversarial term; steps 4-6 warm up the variant
     # with it, step 7 captures and replays that one
     assert len(graphed._graphs) == 2
@@ -88,12 +92,23 @@ def test_replayed_steps_match_eager_steps(optimizer, over, eager_over):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
-def test_side_stream_codes_match_eagerly_in_training_and_eval():
+@pytest.mark.parametrize("roi", [False, True])
+def test_side_stream_codes_match_eagerly_in_training_and_eval(monkeypatch, roi):
     """The codes' second stream on its own, without graphs: a training step and an eval forward equal the same model's
-    with the codes on the current stream."""
+    with the codes on the current stream. The codes first spin the GPU for a while on whatever stream they run on,
+    so a missing wait before they are read would read unfinished codes and fail."""
+    from wubugen.models.encoder import RegionalEncoder
+
+    slow = RegionalEncoder.region_codes_of
+
+    def late(self, *args):
+        torch.cuda._sleep(50_000_000)  # tens of milliseconds of spinning
+        return slow(self, *args)
+
+    monkeypatch.setattr(RegionalEncoder, "region_codes_of", late)
     out = {}
     for side in (True, False):
-        r = make_runner(False, wubu_side_stream=side)
+        r = make_runner(False, wubu_side_stream=side, encoder_use_roi_align=roi)
         assert r.players.model.encoder.codes_stream is side
         data = clips(r, 2)
         torch.cuda.manual_seed(7)

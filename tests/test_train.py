@@ -206,6 +206,19 @@ def test_new_phase_with_film_lists_new_tensors_and_this_runs_flags_win(tmp_path,
     assert "blocks.0.2.net" in capsys.readouterr().err
 
 
+def test_new_phase_refuses_another_backbone(tmp_path, cache, capsys):
+    """A phase plan begun before the presets moved to the plain backbone: its next phase must not load the WuBu and D
+    weights alone and train the conv backbone from scratch."""
+    p1 = tmp_path / "phase1"
+    assert main(tiny_args(p1, cache, "--max_steps", "1", "--backbone", "wubu_gaad")) == 0
+    capsys.readouterr()
+    p2 = tmp_path / "phase2"
+    assert main(tiny_args(p2, cache, "--max_steps", "1", "--backbone", "plain", "--load_checkpoint", str(p1))) == 2
+    err = capsys.readouterr().err
+    assert "trained with --backbone wubu_gaad" in err and "add --backbone wubu_gaad" in err
+    assert not (p2 / "summary.json").exists()
+
+
 DDP_WORKER = textwrap.dedent("""
     import hashlib, os, sys, torch
     from wubugen.config import build_config

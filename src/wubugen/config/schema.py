@@ -370,8 +370,8 @@ class TrainConfig:
     # eager WuBu is thousands of small kernels (about 12 ms of a 31 ms step at 64x64, batch 32, on an H200, under CUDA
     # graphs): on a second stream they overlap the conv path's large kernels instead of queueing behind them
     wubu_side_stream: bool = opt(
-        True, "on CUDA (one process, or --ddp_comm flat), run the WuBu region codes on a second stream beside the conv "
-        "path: the same kernels, so the same model", group="speed")
+        True, "on CUDA (one process, or --ddp_comm flat; not with --compile), run the WuBu region codes on a second "
+        "stream beside the conv path: the same kernels, so the same model", group="speed")
     # frames channels-last on CUDA (and, when compiled, the conv weights too: no cuDNN layout conversions)
     channels_last: bool = opt(True, "channels-last frames on CUDA (and conv weights when compiled)", group="speed")
     # in fp32 on CUDA, the generator's output conv (3 output channels, where cuDNN is slow) runs as a 1x1 conv and a

@@ -118,11 +118,13 @@ _SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
 
 
 def side_stream(device: torch.device) -> torch.cuda.Stream:
-    """One second CUDA stream per device, made once (a module-level cache: modules that hold a stream cannot be
-    deep-copied, as the EMA copies the generator)."""
+    """One second CUDA stream per device, made once and kept out of the modules (a module holding a stream could not
+    be deep-copied or pickled). High priority: its small kernels sit on the step's critical path, and torch hands out
+    such streams from another pool than the default-priority ones of graph capture and warm-up, so it is not one of
+    them."""
     idx = device.index if device.index is not None else torch.cuda.current_device()
     if idx not in _SIDE_STREAMS:
-        _SIDE_STREAMS[idx] = torch.cuda.Stream(device)
+        _SIDE_STREAMS[idx] = torch.cuda.Stream(device, priority=-1)
     return _SIDE_STREAMS[idx]
 
 

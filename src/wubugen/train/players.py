@@ -78,8 +78,9 @@ def build_players(cfg: Config, device: torch.device, dist: DistInfo | None = Non
     model = build_model(cfg.model, cfg.geometry).to(device)
     disc = build_discriminator(cfg.model, cfg.geometry).to(device)
     set_activation_checkpointing(model, t.activation_checkpointing)
-    # not under DDP's hooks, which would fire on the second stream's gradients (flat sync reads them after the backward)
-    set_codes_stream(model, t.wubu_side_stream and device.type == "cuda"
+    # not under DDP's hooks, which would fire on the second stream's gradients (flat sync reads them after the
+    # backward), nor under --compile, whose whole-model graphs would have to trace the stream switches
+    set_codes_stream(model, t.wubu_side_stream and device.type == "cuda" and not t.compile
                      and not (dist is not None and dist.enabled and t.ddp_comm == "ddp"))
     speed_layout(cfg, model, disc, device, precision)
     model_step: nn.Module = model

@@ -182,6 +182,12 @@ def resume(source: str | ckpt.Checkpoint, cfg: Config, state: RunState, players:
 def load_phase(path: str, cfg: Config, state: RunState, players: Players, log: Callable[[str], Any]) -> None:
     """Start a new phase from the weights at `path` (its best checkpoint in a run dir); everything else is this run's."""
     c = ckpt.load_checkpoint(ckpt.resolve_checkpoint(path, prefer="best"), map_location=players.device)
+    stored = ckpt.stored_config(c).model.backbone
+    if stored != cfg.model.backbone:
+        # a non-strict load would keep only the WuBu and D weights and start the conv backbone from scratch
+        raise UserError(f"{c.path} was trained with --backbone {stored}, this run builds --backbone "
+                        f"{cfg.model.backbone} (the launcher and quickstart presets build plain since 2026-12-02): "
+                        f"add --backbone {stored} to go on from it")
     load_weights(players, c, strict=cfg.train.load_strict, log=log)
     log(f"new phase from {c.path} (step {c.step}): this run's lambda_kl {state.lambda_kl:g}, "
         f"LR G/D {cfg.train.learning_rate_gen:g}/{cfg.train.learning_rate_disc:g}")
