@@ -11,7 +11,7 @@
 #   bash benchmarks/gpu_quality.sh plain      the peer's network inside wubugen (--backbone plain), with and without the GAN
 #   bash benchmarks/gpu_quality.sh hybrid     region codes and FiLM on the plain backbone, GAN on
 #   bash benchmarks/gpu_quality.sh candidates the launcher as shipped and its twin without codes, after the peer, alone
-#   bash benchmarks/gpu_quality.sh codes      the launcher's eager WuBu codes on a second stream and on the current one
+#   bash benchmarks/gpu_quality.sh codes      the launcher's WuBu codes: second stream, current stream, compiled level maps
 #   bash benchmarks/gpu_quality.sh final      the peer, then wubugen's recipe, each alone for SECONDS (equal GPU time)
 #   bash benchmarks/gpu_quality.sh alone      wubugen's recipe with RECIPE's changes alone for SECONDS_FINAL (no peer)
 #   bash benchmarks/gpu_quality.sh phases     the guide's phase plan end to end at 64x64 (shortened), prior samples per phase
@@ -110,11 +110,11 @@ for s in ${*:-sweep}; do
         --run "film=$SHIPPED --region_codes none --no-q_controller_enabled"
       cp /tmp/candidates/launcher/samples/final_*.png "$OUT/candidates_samples.png" 2>/dev/null
       cp -r /tmp/candidates/launcher/media "$OUT/candidates_media" 2>/dev/null ;;
-    codes)  # the shipped launcher's WuBu codes run eagerly, on a second stream or on the current one, after the peer
+    codes)  # the shipped launcher's WuBu codes eager on a second stream or the current one, or with compiled level maps
       timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_graphs.py -k side_stream 2>&1 \
         | tail -4 | tee "$OUT/gpu_tests.txt"
       with_peer codes "${SECONDS_FINAL:-150}" --sequential --prebuild 64 --run "side=$SHIPPED --no-compile_wubu" \
-        --run "noside=$SHIPPED --no-compile_wubu --no-wubu_side_stream"
+        --run "noside=$SHIPPED --no-compile_wubu --no-wubu_side_stream" --run "maps=$SHIPPED --compile_wubu_maps"
       cp /tmp/codes/side/samples/final_*.png "$OUT/codes_samples.png" 2>/dev/null
       cp -r /tmp/codes/side/media "$OUT/codes_media" 2>/dev/null ;;
     codes_alone)  # the same without the peer, for a short budget: the second stream for SECONDS_FINAL, then the

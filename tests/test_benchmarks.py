@@ -17,6 +17,7 @@ sys.path.insert(0, str(BENCH))
 import bench_memory  # noqa: E402
 import ddp_report  # noqa: E402
 import bench_step  # noqa: E402
+import wubu_ops  # noqa: E402
 
 
 def test_row_names_parse_into_config_overrides():
@@ -122,3 +123,13 @@ def test_curves_table_plot_and_the_first_schedule_difference(tmp_path):
     assert row[-1] == "9.5% |"  # (1.1 - 1.0) / mean(1.0, 1.1) of the block means
     assert (tmp_path / "c.png").stat().st_size > 0
     assert ddp_report.block_means([(1, 2.0), (2, float("nan")), (3, 4.0)], 2) == {2: 2.0, 4: 4.0}
+
+
+def test_wubu_ops_counts_launching_operators_only():
+    """The op counter of benchmarks/wubu_ops.py: views are not counted, hyperbolic levels cost more than flat ones,
+    and one level's count is part of the whole."""
+    hyper = wubu_ops.count_codes_ops("tiny", 32, 1)
+    flat = wubu_ops.count_codes_ops("tiny", 32, 1, {"wubu_euclidean": True})
+    assert "view" not in hyper and ("mm" in hyper or "addmm" in hyper)
+    assert sum(flat.values()) < sum(hyper.values())
+    assert 0 < wubu_ops.level_ops(16, rows=8) < sum(hyper.values())

@@ -110,3 +110,50 @@ def test_phi_initial_rotation_has_the_phi_scaled_plane_angles():
                                                    [-math.sin(angle), math.cos(angle)]]), atol=1e-5) or \
             torch.allclose(block, torch.tensor([[math.cos(angle), -math.sin(angle)],
                                                 [math.sin(angle), math.cos(angle)]]), atol=1e-5)
+
+
+def test_fused_maps_switch_every_level_and_keep_the_eager_function_otherwise():
+    from wubugen.models.wubu import euclidean_level, level_maps, poincare_level, set_fused_maps
+
+    s = stack()
+    assert level_maps(False, False) is poincare_level and level_maps(True, False) is euclidean_level
+    assert set_fused_maps(s, True) == 2 and all(lv.fused_maps for lv in s.levels)
+    set_fused_maps(s, False)
+    assert not any(lv.fused_maps for lv in s.levels)
+
+
+def test_poincare_level_against_float64():
+    """The level function in float32 against itself in float64 (the maps are tested against textbook references in
+    test_hyperbolic.py): the composition loses no precision beyond float32's."""
+    from wubugen.models.wubu import poincare_level
+
+    g = torch.Generator().manual_seed(3)
+    args = [torch.randn(30, 16, generator=g) * 3, torch.tensor(1.3), torch.tensor(0.7), torch.tensor(0.9),
+            torch.randn(16, generator=g) * 0.05, torch.randn(4, 16, generator=g) * 0.2]
+    lo = poincare_level(*args)
+    hi = poincare_level(*[a.double() for a in args])
+    for a, b in zip(lo, hi):
+        assert ((a.double() - b).norm() / b.norm()).item() < 1e-5
+
+
+@pytest.mark.slow
+def test_compiled_level_matches_eager_forward_and_backward(tmp_path, monkeypatch):
+    """What --compile_wubu_maps runs (inductor, here its CPU code; about a minute on a cold cache): one compiled graph
+    serves levels of every size, and its outputs and gradients match the eager function's."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    from wubugen.models.wubu import level_maps
+
+    for rows, dim in ((48, 32), (20, 16)):
+        g = torch.Generator().manual_seed(rows)
+        base = [torch.randn(rows, dim, generator=g), torch.tensor(1.2), torch.tensor(0.8), torch.tensor(0.7),
+                torch.randn(dim, generator=g) * 0.02, torch.randn(4, dim, generator=g) * 0.2]
+        out, grads = {}, {}
+        for fused in (False, True):
+            xs = [b.clone().requires_grad_() for b in base]
+            o = level_maps(False, fused)(*xs)
+            sum((t * t).sum() for t in o).backward()
+            out[fused], grads[fused] = o, [x.grad for x in xs]
+        for a, b in zip(out[True], out[False]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        for a, b in zip(grads[True], grads[False]):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)

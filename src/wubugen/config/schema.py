@@ -346,6 +346,12 @@ class TrainConfig:
     compile_wubu: bool = opt(
         False, "on CUDA, torch.compile the WuBu stacks alone (faster steps after about 80 s of compilation on a cold "
         "cache, cached under --cache_dir; ignored with --compile)", group="speed")
+    # on CUDA, torch.compile of one function: the hyperbolic part of a WuBu level (models/wubu.py poincare_level), shared
+    # by every level and stack. Eagerly that part is about 1,950 of the 2,290 operators of the launcher's region codes,
+    # forward and backward (benchmarks/wubu_ops.py): launch-bound small kernels. Not yet timed on a GPU
+    compile_wubu_maps: bool = opt(
+        False, "on CUDA, torch.compile the hyperbolic maps of the WuBu levels as one small shared function (fused "
+        "kernels instead of about 450 per level; ignored with --compile or --compile_wubu)", group="speed")
     # torch.compile mode: max-autotune-no-cudagraphs lets inductor time its own Triton convolution/matmul kernels against
     # cuDNN/cuBLAS per shape (much longer compilation); our CUDA graphs replace torch's, hence no reduce-overhead
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = opt(

@@ -22,6 +22,7 @@ matrix exponential because torch's matrix_exp synchronises with the host on CUDA
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,23 +47,58 @@ def inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
-class _Geometry:
-    """Hyperbolic maps of one ball, or identities for the Euclidean ablation."""
+def poincare_level(v: Tensor, scale: Tensor, spread: Tensor, c: Tensor, descriptor: Tensor,
+                   boundary: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The hyperbolic part of a level as one pure function (steps 2-5 of the module docstring), so that
+    `--compile_wubu_maps` can fuse it: eagerly it is about 450 small kernels per level, forward and backward
+    (benchmarks/wubu_ops.py). v: the combiner's output (N, D); scale, spread, c: scalars; descriptor (D,), boundary
+    (P, D): ball points. -> (log0(y) (N, D), relative vector (N, D), the descriptor as a tangent vector (D,))."""
+    u = v.float() * (scale / math.sqrt(v.shape[-1]))
+    ld = hb.project(descriptor, c)
+    y = hb.mobius_add(ld, hb.expmap0(u, c), c)  # (N, D) on the ball
+    bnd = hb.project(boundary, c)  # (P, D)
+    rel_k = hb.logmap0(hb.mobius_add(-y[:, None, :], bnd[None], c), c)  # (N, P, D): log map at y, transported to 0
+    d2 = 4.0 * (rel_k * rel_k).sum(-1)  # squared distances
+    w = torch.softmax(-d2 / (2.0 * spread ** 2), dim=-1)  # (N, P)
+    r = (w[..., None] * rel_k).sum(1)
+    return hb.logmap0(y, c), r, hb.logmap0(ld, c)
 
-    def __init__(self, euclidean: bool):
-        self.euclidean = euclidean
 
-    def exp0(self, v: Tensor, c: Tensor | None) -> Tensor:
-        return v if self.euclidean else hb.expmap0(v, c)
+def euclidean_level(v: Tensor, scale: Tensor, spread: Tensor, c: None, descriptor: Tensor,
+                    boundary: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`poincare_level` with every hyperbolic map the identity and Mobius addition +: the ablation."""
+    u = v.float() * (scale / math.sqrt(v.shape[-1]))
+    y = descriptor + u
+    rel_k = -y[:, None, :] + boundary[None]
+    d2 = (rel_k * rel_k).sum(-1)
+    w = torch.softmax(-d2 / (2.0 * spread ** 2), dim=-1)
+    r = (w[..., None] * rel_k).sum(1)
+    return y, r, descriptor
 
-    def log0(self, y: Tensor, c: Tensor | None) -> Tensor:
-        return y if self.euclidean else hb.logmap0(y, c)
 
-    def add(self, x: Tensor, y: Tensor, c: Tensor | None) -> Tensor:
-        return x + y if self.euclidean else hb.mobius_add(x, y, c)
+_FUSED: dict[bool, Callable] = {}
 
-    def project(self, x: Tensor, c: Tensor | None) -> Tensor:
-        return x if self.euclidean else hb.project(x, c)
+
+def level_maps(euclidean: bool, fused: bool) -> Callable:
+    """The level function, or its torch.compile'd twin, made once per process and shared by every level (dynamic
+    shapes: one graph, forward and backward, for all levels and stacks of any size, where compiling whole stacks took
+    about 80 s on a cold cache). No random numbers are drawn inside it, so compiled and eager levels see the same
+    dropout masks."""
+    fn = euclidean_level if euclidean else poincare_level
+    if not fused:
+        return fn
+    if euclidean not in _FUSED:
+        _FUSED[euclidean] = torch.compile(fn, dynamic=True)
+    return _FUSED[euclidean]
+
+
+def set_fused_maps(module: nn.Module, on: bool) -> int:
+    """Switch every WuBu level of `module` to the compiled level function (a runtime switch: the same math, inductor's
+    float reordering aside). -> how many levels."""
+    levels = [m for m in module.modules() if isinstance(m, WuBuLevel)]
+    for m in levels:
+        m.fused_maps = on
+    return len(levels)
 
 
 class WuBuLevel(nn.Module):
@@ -73,7 +109,8 @@ class WuBuLevel(nn.Module):
         super().__init__()
         self.dim = dim
         self.has_context = has_context
-        self.geo = _Geometry(euclidean)
+        self.euclidean = euclidean
+        self.fused_maps = False  # a runtime switch (set_fused_maps, --compile_wubu_maps), not a model option
         if euclidean:
             self.curvature_u = None
         else:
@@ -92,8 +129,8 @@ class WuBuLevel(nn.Module):
         c0 = torch.tensor(curvature)
         desc = torch.empty(dim).uniform_(-0.01, 0.01)
         bnd = torch.randn(boundary_points, dim) * (0.5 / math.sqrt(dim))
-        self.descriptor = nn.Parameter(self.geo.exp0(desc, c0) if not euclidean else desc)
-        self.boundary = nn.Parameter(self.geo.exp0(bnd, c0) if not euclidean else bnd)
+        self.descriptor = nn.Parameter(hb.expmap0(desc, c0) if not euclidean else desc)
+        self.boundary = nn.Parameter(hb.expmap0(bnd, c0) if not euclidean else bnd)
         if not euclidean:
             tag_ball(self.descriptor, self.curvature)
             tag_ball(self.boundary, self.curvature)
@@ -112,22 +149,13 @@ class WuBuLevel(nn.Module):
     def forward(self, t: Tensor, rel: Tensor | None = None, desc: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """t, rel: (N, D) tangent vectors; desc: (D,) tangent vector.
         -> (point tangent log0(y) (N, D), relative vector (N, D), this level's descriptor as a tangent vector (D,))."""
-        c = self.curvature()
-        geo = self.geo
         if self.has_context:
             h = torch.cat([t, rel.to(t.dtype), desc.to(t.dtype).expand_as(t)], -1)
         else:
             h = t
         v = self.combiner(h)
-        u = v.float() * (self.scale() / math.sqrt(self.dim))
-        ld = geo.project(self.descriptor, c)
-        y = geo.add(ld, geo.exp0(u, c), c)  # (N, D) on the ball
-        bnd = geo.project(self.boundary, c)  # (P, D)
-        rel_k = geo.log0(geo.add(-y[:, None, :], bnd[None], c), c)  # (N, P, D): log map at y, transported to 0
-        d2 = 4.0 * (rel_k * rel_k).sum(-1) if not geo.euclidean else (rel_k * rel_k).sum(-1)  # squared distances
-        w = torch.softmax(-d2 / (2.0 * self.spread() ** 2), dim=-1)  # (N, P)
-        r = (w[..., None] * rel_k).sum(1)
-        return geo.log0(y, c), r, geo.log0(ld, c)
+        maps = level_maps(self.euclidean, self.fused_maps)
+        return maps(v, self.scale(), self.spread(), self.curvature(), self.descriptor, self.boundary)
 
 
 class LevelTransform(nn.Module):

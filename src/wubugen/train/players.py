@@ -15,6 +15,7 @@ from wubugen.eval.metrics import HIGHER_IS_BETTER
 from wubugen.models.discriminator import build_discriminator
 from wubugen.models.layers import set_activation_checkpointing, set_codes_stream
 from wubugen.models.vaegan import WuBuGAADHybridGen, build_model
+from wubugen.models.wubu import set_fused_maps
 from wubugen.train.distributed import DistInfo
 from wubugen.train.ema import EMA
 from wubugen.train.grad_sync import FlatGradReducer, broadcast_state
@@ -97,10 +98,13 @@ def build_players(cfg: Config, device: torch.device, dist: DistInfo | None = Non
     frozen_disc: nn.Module = disc
     # the WuBu stacks are compiled on CUDA only: on the CPU inductor's C++ build takes minutes, more than it saves
     wubu_compiled = t.compile_wubu and not t.compile and device.type == "cuda"
-    if t.compile or wubu_compiled:
+    maps_fused = t.compile_wubu_maps and not (t.compile or wubu_compiled) and device.type == "cuda"
+    if t.compile or wubu_compiled or maps_fused:
         use_compile_cache(cfg.data.cache_dir)
     if wubu_compiled:
         compile_wubu_stacks(model, t.compile_mode)
+    if maps_fused:
+        set_fused_maps(model, True)
     if t.compile:
         # the step's players go through torch.compile; checkpoints, validation and sampling use the plain modules
         # (same parameters), so saved weights keep their names
