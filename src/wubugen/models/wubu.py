@@ -50,7 +50,7 @@ def inverse_softplus(y: float) -> float:
 def poincare_level(v: Tensor, scale: Tensor, spread: Tensor, c: Tensor, descriptor: Tensor,
                    boundary: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The hyperbolic part of a level as one pure function (steps 2-5 of the module docstring), so that
-    `--compile_wubu_maps` can fuse it: eagerly it is about 450 small kernels per level, forward and backward
+    `--compile_wubu_maps` can fuse it: eagerly it is about 550 small kernels per level, forward and backward
     (benchmarks/wubu_ops.py). v: the combiner's output (N, D); scale, spread, c: scalars; descriptor (D,), boundary
     (P, D): ball points. -> (log0(y) (N, D), relative vector (N, D), the descriptor as a tangent vector (D,))."""
     u = v.float() * (scale / math.sqrt(v.shape[-1]))
