@@ -351,7 +351,7 @@ class TrainConfig:
     # forward and backward (benchmarks/wubu_ops.py): launch-bound small kernels. Not yet timed on a GPU
     compile_wubu_maps: bool = opt(
         False, "on CUDA, torch.compile the hyperbolic maps of the WuBu levels as one small shared function (fused "
-        "kernels instead of about 450 per level; ignored with --compile or --compile_wubu)", group="speed")
+        "kernels instead of about 550 per level; ignored with --compile or --compile_wubu)", group="speed")
     # torch.compile mode: max-autotune-no-cudagraphs lets inductor time its own Triton convolution/matmul kernels against
     # cuDNN/cuBLAS per shape (much longer compilation); our CUDA graphs replace torch's, hence no reduce-overhead
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = opt(
