@@ -186,3 +186,23 @@ def test_lpips_rejects_a_file_that_is_not_alexnet(tmp_path):
     torch.save({"features.0.weight": torch.zeros(1)}, bad)
     with pytest.raises(UserError, match="not a torchvision AlexNet"):
         vm.load_lpips(bad, "cpu")
+
+
+def test_pairwise_psnr_and_sample_diversity_against_direct_mse():
+    g = torch.Generator().manual_seed(0)
+    clips = torch.randint(0, 256, (5, 3, 3, 8, 8), generator=g, dtype=torch.uint8)
+    clips[3] = clips[1]  # an exact copy
+    clips[4] = (clips[2].int() + 2).clamp(0, 255).to(torch.uint8)  # a near copy: about 42 dB
+    p = vm.pairwise_psnr(clips)
+    x = clips.double() / 255
+    for i in range(5):
+        assert math.isinf(p[i, i])
+        for j in range(5):
+            if i != j:
+                mse = max(((x[i] - x[j]) ** 2).mean().item(), vm.MSE_FLOOR)
+                assert abs(p[i, j].item() - (-10 * math.log10(mse))) < 1e-6
+    d = vm.sample_diversity(clips)
+    assert d == {"max_pairwise_psnr": 100.0, "near_duplicate_pairs": 2}  # the copy (100 dB cap) and the near copy
+    d = vm.sample_diversity(clips[:3])
+    assert d["near_duplicate_pairs"] == 0 and d["max_pairwise_psnr"] < 25
+    torch.testing.assert_close(vm.pairwise_psnr(clips.float() / 255), p)  # [0, 1] floats read the same

@@ -1,6 +1,8 @@
 """The aggregate-posterior prior: its math against float64 references, its storage, and `wubugen sample --prior`."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import safetensors.torch
 import torch
@@ -87,6 +89,9 @@ def test_sample_fits_stores_and_reuses_the_prior(tmp_path, cache, capsys):
     said = capsys.readouterr()
     assert "latent prior: fitted on" in said.err and (step_dir / PRIOR_FILE).is_file()
     assert "aggregate prior" in said.out
+    assert "closest pair of samples:" in said.out and "near copies" in said.out
+    summary = json.loads((run / "summary.json").read_text())  # the run's own final prior samples (tiny: 2 of them)
+    assert set(summary["samples"]) == {"max_pairwise_psnr", "near_duplicate_pairs"}
     stored = safetensors.torch.load_file(str(step_dir / PRIOR_FILE))
     assert stored["mean"].numel() == stored["residual_var"].numel() > 0
     first = (tmp_path / "a.png").read_bytes()

@@ -13,6 +13,7 @@ import torch
 from wubugen.checkpoint import load_trained
 from wubugen.config import Config, HelpFormatter
 from wubugen.errors import UserError
+from wubugen.eval.metrics import NEAR_DUPLICATE_PSNR, sample_diversity
 from wubugen.media import atomic_write_text
 from wubugen.models.prior import prior_noise
 
@@ -30,6 +31,7 @@ def _autocast(device: torch.device):
 
 
 SAMPLE_BATCH = 32  # clips generated at a time: what memory holds, whatever --num is
+DIVERSITY_MAX_CLIPS = 256  # up to this many prior samples, `wubugen sample` also says how far apart they are
 
 
 def _sample_batches(args: argparse.Namespace, cfg: Config, model, device: torch.device):
@@ -109,7 +111,15 @@ def _sample_cmd(args: argparse.Namespace) -> int:
     prior_samples = not args.context and cfg.model.task == "reconstruct"
     args.latent_prior = _latent_prior(args, cfg, model, device, Path(c.path), prior_samples)
     shape: list[tuple[int, ...]] = []
-    batches = (shape.append(tuple(b.shape)) or b for b in _sample_batches(args, cfg, model, device))
+    kept: list[torch.Tensor] = []  # for the diversity line: a few dozen clips are held, a big grid is not
+
+    def seen(b: torch.Tensor) -> torch.Tensor:
+        shape.append(tuple(b.shape))
+        if prior_samples and args.num <= DIVERSITY_MAX_CLIPS:
+            kept.append(b)
+        return b
+
+    batches = (seen(b) for b in _sample_batches(args, cfg, model, device))
     if out.suffix.lower() == ".png":  # a grid, band by band: memory holds one batch
         write_clip_grid_stream(out, batches, args.num)
     else:  # side by side in every frame: --num is bounded by the format's width, so are the clips held
@@ -117,6 +127,10 @@ def _sample_cmd(args: argparse.Namespace) -> int:
     t_out, (ch, cw) = shape[0][1], shape[0][-2:]
     source = "" if not prior_samples else (", aggregate prior" if args.latent_prior is not None else ", N(0, I) prior")
     print(f"wrote {out} ({args.num} clips of {t_out} frames, {ch}x{cw}{source}) from {c.path}")
+    if len(kept) and args.num >= 2:
+        d = sample_diversity(torch.cat(kept))
+        print(f"closest pair of samples: {d['max_pairwise_psnr']:.2f} dB PSNR; {d['near_duplicate_pairs']} pairs above "
+              f"{NEAR_DUPLICATE_PSNR:g} dB (near copies)")
     return 0
 
 

@@ -245,3 +245,28 @@ class ColourStats:
         std_q = [math.sqrt(max(0.0, x / n - m * m)) for x, m in zip(sq2, mq)]
         return {"color_mean_gap": max(abs(a - b) for a, b in zip(mp, mq)),
                 "color_std_ratio": min(a / max(b, 1e-6) for a, b in zip(std_p, std_q))}
+
+
+NEAR_DUPLICATE_PSNR = 25.0  # dB: two prior samples closer than this are near copies (the quality issue's bar)
+
+
+def pairwise_psnr(clips: Tensor) -> Tensor:
+    """uint8 or [0, 1] float clips (N, ...) -> (N, N) PSNR in dB between every two whole clips on [0, 1] (MSE over all
+    their frames and pixels, floored as validation's), +inf on the diagonal. In float64: no cancellation in the
+    |a|^2 + |b|^2 - 2ab expansion for near-identical clips."""
+    x = clips.reshape(clips.shape[0], -1).double()
+    if clips.dtype == torch.uint8:
+        x = x / 255.0
+    sq = (x * x).sum(1)
+    mse = ((sq[:, None] + sq[None, :] - 2.0 * x @ x.T) / x.shape[1]).clamp_min(MSE_FLOOR)
+    psnr = -10.0 * torch.log10(mse)
+    return psnr.fill_diagonal_(math.inf)
+
+
+def sample_diversity(clips: Tensor) -> dict[str, float | int]:
+    """How far apart a set of samples is, the mode-collapse check people run by eye: the closest pair's PSNR and how many
+    pairs are near copies (above NEAR_DUPLICATE_PSNR). clips: (N >= 2, T, C, H, W) uint8 or [0, 1]."""
+    p = pairwise_psnr(clips)
+    upper = p[torch.triu_indices(len(p), len(p), 1).unbind()]
+    return {"max_pairwise_psnr": round(float(upper.max()), 2),
+            "near_duplicate_pairs": int((upper > NEAR_DUPLICATE_PSNR).sum())}

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from wubugen.config import config_toml
 from wubugen.eval.loop import metric_pass
-from wubugen.eval.metrics import LPIPSMetric
+from wubugen.eval.metrics import LPIPSMetric, sample_diversity
 from wubugen.eval.prior import encode_dataset
 from wubugen.media import atomic_write_text, labelled_grid, labelled_video, save_clips, to_uint8
 from wubugen.models.prior import fit_latent_prior, prior_noise
@@ -164,12 +164,15 @@ def log_train_recon(players: Players, runner: StepRunner, batch: Tensor, tracker
 
 
 def finish_run(players: Players, runner: StepRunner, data, run_dir: Path, summary: dict[str, Any], step: int) -> None:
-    """The end of a run (rank 0): final samples as PNG/GIF/MP4, the loss report and summary.json."""
+    """The end of a run (rank 0): final samples as PNG/GIF/MP4 (prior samples add how far apart they are to `summary`),
+    the loss report and summary.json."""
     n = players.cfg.log.demo_num_samples
     if n > 0:
         clips = sample_clips(players, runner, data, n)
         for suffix in (".png", ".gif", ".mp4"):
             save_clips(run_dir / "samples" / f"final_step{step:08d}{suffix}", clips, fps=8)
+        if n >= 2 and players.cfg.model.task == "reconstruct":  # prior samples (predictions follow their contexts)
+            summary["samples"] = sample_diversity(clips)  # into the caller's summary too (fit() returns it)
     metrics_file = run_dir / "metrics.jsonl"
     if metrics_file.exists():
         plot_losses(metrics_file, run_dir / "report.png")
