@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| peer | {r['step']} | {r.get('t', 'end')} | {r['val_psnr']:.2f} | {r['val_ssim']:.3f} |")
     for name in runs:
         vals = read_vals(args.out / name / "metrics.jsonl", starts[name])
-        summary[name] = {"rc": codes[name], "flags": runs[name], "vals": vals,
+        run_summary = args.out / name / "summary.json"  # the run's own, written at its end (final prior samples)
+        samples = json.loads(run_summary.read_text()).get("samples") if run_summary.exists() else None
+        summary[name] = {"rc": codes[name], "flags": runs[name], "vals": vals, "samples": samples,
                          "train": read_train(args.out / name / "metrics.jsonl", starts[name])}
         for r in vals:
             lines.append(f"| {name} | {r['step']} | {r['t']} | {r['psnr']:.2f} | {r['ssim']:.3f} |")
@@ -144,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(table)
     for name in runs:
-        print(name, "last train losses:", json.dumps(summary[name]["train"]))
+        print(name, "last train losses:", json.dumps(summary[name]["train"]), "final samples:",
+              json.dumps(summary[name]["samples"]))
     return 0
 
 
