@@ -63,15 +63,15 @@ def level_ops(dim: int, rows: int = 64, points: int = 4, fused: bool = False) ->
     """Operators (eager) or generated kernels (fused) of one poincare_level call, forward and backward."""
     from wubugen.models.wubu import level_maps
 
-    g = torch.Generator().manual_seed(0)
-    xs = [torch.randn(rows, dim, generator=g), torch.tensor(1.0), torch.tensor(1.0), torch.tensor(0.8),
-          torch.randn(dim, generator=g) * 0.01, torch.randn(points, dim, generator=g) * (0.5 / dim ** 0.5)]
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(rows, dim, generator=gen), torch.tensor(1.0), torch.tensor(1.0), torch.tensor(0.8),
+          torch.randn(dim, generator=gen) * 0.01, torch.randn(points, dim, generator=gen) * (0.5 / dim ** 0.5)]
     xs = [x.requires_grad_() for x in xs]
-    def run(fn):
-        out = fn(*xs)
-        torch.autograd.backward(out, [g for g in grads])
-
     grads = [torch.ones(rows, dim), torch.ones(rows, dim), torch.ones(dim)]  # d(out): no loss operators counted
+
+    def run(fn):
+        torch.autograd.backward(fn(*xs), grads)
+
     if not fused:
         counter = OpCounter()
         with counter:

@@ -128,17 +128,22 @@ def side_stream(device: torch.device) -> torch.cuda.Stream:
     return _SIDE_STREAMS[idx]
 
 
+def set_runtime_switch(module: nn.Module, name: str, on: bool) -> int:
+    """Set the runtime switch `name` (a bool attribute, not a model option: the math is unchanged) on every submodule
+    that has it. -> how many."""
+    found = [m for m in module.modules() if hasattr(m, name)]
+    for m in found:
+        setattr(m, name, on)
+    return len(found)
+
+
 def set_codes_stream(module: nn.Module, on: bool) -> None:
-    """Run the WuBu region codes on a second CUDA stream, beside the conv path (a runtime switch: the same kernels on
-    the same inputs, so the model is unchanged). Acts on every submodule with a `codes_stream` attribute."""
-    for m in module.modules():
-        if hasattr(m, "codes_stream"):
-            m.codes_stream = on
+    """Run the WuBu region codes on a second CUDA stream, beside the conv path (the same kernels on the same inputs).
+    Acts on every submodule with a `codes_stream` attribute."""
+    set_runtime_switch(module, "codes_stream", on)
 
 
 def set_activation_checkpointing(module: nn.Module, on: bool) -> None:
     """Recompute full-resolution activations in the backward pass instead of keeping them (a runtime switch like the
     tap convs: the math, and so the model, is unchanged). Acts on every submodule with a `checkpointing` attribute."""
-    for m in module.modules():
-        if hasattr(m, "checkpointing"):
-            m.checkpointing = on
+    set_runtime_switch(module, "checkpointing", on)

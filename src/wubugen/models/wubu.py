@@ -32,6 +32,7 @@ from wubugen import hyperbolic as hb
 from wubugen.config import WuBuStackConfig
 from wubugen.gaad import PHI
 from wubugen.hyperbolic.params import tag_ball
+from wubugen.models.layers import set_runtime_switch
 
 CURVATURE_MIN = 1e-3
 SCALE_MIN, SCALE_MAX = 1e-3, 10.0
@@ -58,10 +59,14 @@ def poincare_level(v: Tensor, scale: Tensor, spread: Tensor, c: Tensor, descript
     y = hb.mobius_add(ld, hb.expmap0(u, c), c)  # (N, D) on the ball
     bnd = hb.project(boundary, c)  # (P, D)
     rel_k = hb.logmap0(hb.mobius_add(-y[:, None, :], bnd[None], c), c)  # (N, P, D): log map at y, transported to 0
-    d2 = 4.0 * (rel_k * rel_k).sum(-1)  # squared distances
-    w = torch.softmax(-d2 / (2.0 * spread ** 2), dim=-1)  # (N, P)
-    r = (w[..., None] * rel_k).sum(1)
+    r = _boundary_mix(rel_k, 4.0 * (rel_k * rel_k).sum(-1), spread)  # 4|v|^2: squared distances on the ball
     return hb.logmap0(y, c), r, hb.logmap0(ld, c)
+
+
+def _boundary_mix(rel_k: Tensor, d2: Tensor, spread: Tensor) -> Tensor:
+    """The relative vectors (N, P, D) weighted by a Gaussian kernel of their squared distances d2 (N, P). -> (N, D)"""
+    w = torch.softmax(-d2 / (2.0 * spread ** 2), dim=-1)  # (N, P)
+    return (w[..., None] * rel_k).sum(1)
 
 
 def euclidean_level(v: Tensor, scale: Tensor, spread: Tensor, c: None, descriptor: Tensor,
@@ -70,10 +75,7 @@ def euclidean_level(v: Tensor, scale: Tensor, spread: Tensor, c: None, descripto
     u = v.float() * (scale / math.sqrt(v.shape[-1]))
     y = descriptor + u
     rel_k = -y[:, None, :] + boundary[None]
-    d2 = (rel_k * rel_k).sum(-1)
-    w = torch.softmax(-d2 / (2.0 * spread ** 2), dim=-1)
-    r = (w[..., None] * rel_k).sum(1)
-    return y, r, descriptor
+    return y, _boundary_mix(rel_k, (rel_k * rel_k).sum(-1), spread), descriptor
 
 
 _FUSED: dict[bool, Callable] = {}
@@ -95,10 +97,7 @@ def level_maps(euclidean: bool, fused: bool) -> Callable:
 def set_fused_maps(module: nn.Module, on: bool) -> int:
     """Switch every WuBu level of `module` to the compiled level function (a runtime switch: the same math, inductor's
     float reordering aside). -> how many levels."""
-    levels = [m for m in module.modules() if isinstance(m, WuBuLevel)]
-    for m in levels:
-        m.fused_maps = on
-    return len(levels)
+    return set_runtime_switch(module, "fused_maps", on)
 
 
 class WuBuLevel(nn.Module):
