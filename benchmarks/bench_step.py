@@ -10,8 +10,9 @@ usage:
   python benchmarks/bench_step.py --rows launcher-fp32,launcher-bf16 --json out.json
   python benchmarks/bench_step.py --preset launcher --set batch_size=16 --set precision=bf16
   torchrun --nproc_per_node=2 benchmarks/bench_step.py --rows launcher-bf16     (DDP; rank 0 reports)
-Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile|-autotune|-nocompile][-eager][-nocl][-ckpt][-notap][-mb<percent>][-flat][-gbv][-static][-bucket<MB>]`
-(the `launcher` preset compiles: `-nocompile` for eager kernels; `-eager`: no CUDA-graph capture of the step; `-nocl`: no channels-last frames; `-ckpt`: activation checkpointing;
+Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile|-autotune|-nocompile][-eager][-nocl][-ckpt][-maps][-noside][-notap][-mb<percent>][-flat][-gbv][-static][-bucket<MB>]`
+(`-compile`: torch.compile the players; `-nocompile`: eager kernels (the launcher's default now); `-maps`: only the WuBu
+ levels' hyperbolic maps compiled; `-noside`: WuBu codes on the current stream; `-eager`: no CUDA-graph capture of the step; `-nocl`: no channels-last frames; `-ckpt`: activation checkpointing;
  `-notap`: fp32 output conv by cuDNN; `-mb50`: torch.compile's activation memory budget 0.5;
  under torchrun, `-gbv`, `-static`, `-bucket<MB>`: DDP's gradient_as_bucket_view, static_graph, bucket_cap_mb).
 """
@@ -81,6 +82,10 @@ def parse_row(name: str) -> tuple[str, dict]:
             over["tap_convs"] = False
         elif p.startswith("mb") and p[2:].isdigit():  # torch.compile's activation memory budget, in percent
             over["_mem_budget"] = int(p[2:]) / 100
+        elif p == "maps":  # the WuBu levels' hyperbolic part compiled once (--compile_wubu_maps), the rest eager
+            over["compile_wubu_maps"] = True
+        elif p == "noside":  # the WuBu region codes on the current stream (no --wubu_side_stream)
+            over["wubu_side_stream"] = False
         elif p == "cwubu":  # compile only the WuBu stacks (the many small hyperbolic ops), convs stay eager
             over["_cwubu"] = True
         else:

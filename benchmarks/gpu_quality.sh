@@ -12,6 +12,8 @@
 #   bash benchmarks/gpu_quality.sh hybrid     region codes and FiLM on the plain backbone, GAN on
 #   bash benchmarks/gpu_quality.sh candidates the launcher as shipped and its twin without codes, after the peer, alone
 #   bash benchmarks/gpu_quality.sh codes      the launcher's WuBu codes: second stream, current stream, compiled level maps
+#   bash benchmarks/gpu_quality.sh peer_alone / shipped_alone   the peer, or the launcher as shipped, alone for SECONDS_FINAL
+#                                             (600 s each does not fit one call: two calls on the same warm card)
 #   bash benchmarks/gpu_quality.sh final      the peer, then wubugen's recipe, each alone for SECONDS (equal GPU time)
 #   bash benchmarks/gpu_quality.sh alone      wubugen's recipe with RECIPE's changes alone for SECONDS_FINAL (no peer)
 #   bash benchmarks/gpu_quality.sh phases     the guide's phase plan end to end at 64x64 (shortened), prior samples per phase
@@ -128,6 +130,15 @@ for s in ${*:-sweep}; do
       python3 benchmarks/quality_sweep.py --data $D --out /tmp/noside --seconds "${SECONDS_NOSIDE:-70}" --sequential \
         --run "noside=$SHIPPED --no-compile_wubu --no-wubu_side_stream" | tee "$OUT/noside.txt"
       collect /tmp/noside noside ;;
+    peer_alone)  # the peer alone for SECONDS_FINAL (its validation every 30 s): one half of a budget too long for one call
+      timeout $(( ${SECONDS_FINAL:-150} + 60 )) python3 .gpu/peer/peer_vae.py /tmp/clips64.npz "${SECONDS_FINAL:-150}" 1e-6 \
+        | tee "$OUT/peer_alone.jsonl" ;;
+    shipped_alone)  # the other half: the launcher preset as shipped, alone for SECONDS_FINAL, its samples and strips
+      python3 benchmarks/quality_sweep.py --data $D --out /tmp/shipped --seconds "${SECONDS_FINAL:-150}" --sequential \
+        --prebuild 64 --run "shipped=$SHIPPED" | tee "$OUT/shipped.txt"
+      collect /tmp/shipped shipped
+      cp /tmp/shipped/shipped/samples/final_*.png "$OUT/shipped_samples.png" 2>/dev/null
+      cp -r /tmp/shipped/shipped/media "$OUT/shipped_media" 2>/dev/null ;;
     final)
       with_peer final "${SECONDS_FINAL:-150}" --sequential --prebuild 64 --run "recipe=$NEW ${RECIPE:-}"
       cp /tmp/final/recipe/samples/final_*.png "$OUT/final_samples.png" 2>/dev/null
@@ -155,6 +166,6 @@ for s in ${*:-sweep}; do
         -o -name "*.png" \) -not -path "./*/step_*" | head -400 | xargs -r cp --parents -t "$OUT/plan")
       # the device tool brings back a limited number of files: one archive holds the rest
       (cd "$OUT" && tar czf phases.tgz plan prior_*.png normal_*.png summary_*.json && rm -rf plan normal_*.png summary_*.json) ;;
-    *) echo "unknown section $s (sweep generalise backbone bisect diagnose plain hybrid speed candidates codes codes_alone final alone phases)"; exit 2 ;;
+    *) echo "unknown section $s (sweep generalise backbone bisect diagnose plain hybrid speed candidates codes codes_alone peer_alone shipped_alone final alone phases)"; exit 2 ;;
   esac
 done

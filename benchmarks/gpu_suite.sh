@@ -3,6 +3,7 @@
 # GPUs, and the loader on the GPU host. Results go to $OUT (default ./bench_out), one JSON per section.
 #
 #   bash benchmarks/gpu_suite.sh [tests] [step] [compile] [mfu] [autotune] [motionraw] [scaling] [ddp] [loader]     (no argument: these)
+#   bash benchmarks/gpu_suite.sh round2      (issue 19: the original, then the launcher as shipped, set-up, batch rows)
 #   bash benchmarks/gpu_suite.sh kernels     (the fp32 output conv: taps against cuDNN alone and in the step; copies)
 #   bash benchmarks/gpu_suite.sh ddpscale ddpcurve     (issue 7, on a machine with 4 or 8 GPUs: DDP on 1, 2, 4, 8 GPUs)
 #
@@ -27,6 +28,14 @@ one() { CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} "$@"; }
 for s in $sections; do
   case $s in
     tests) one timeout 300 python3 -m pytest -q -m gpu tests/ -p no:cacheprovider 2>&1 | tail -5 ;;
+    round2)  # issue 19: the original script (ref.py and bench_ref.py copied into .gpu/original), then the launcher's rows
+      # as it now ships (plain backbone, eager kernels, CUDA graphs), a repeat run for set-up, and larger batches for MFU
+      [ -f .gpu/original/ref.py ] && one timeout 150 bash .gpu/original/run_launcher.sh | tee "$OUT/original.txt"
+      one timeout 240 python3 $B --json "$OUT/r2_rows.json" --rows \
+        launcher-bf16,launcher-fp32,launcher-bf16-noside,launcher-bf16-maps,launcher-bf16-eager
+      one timeout 60 python3 $B --json "$OUT/r2_repeat.json" --rows launcher-bf16
+      one timeout 150 python3 benchmarks/bench_step.py --steps 15 --warmup 6 --json "$OUT/r2_batch.json" --rows \
+        launcher-bf16-b16,launcher-bf16-b32,launcher-bf16-b64 ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap
          one timeout 300 python3 benchmarks/probe_copies.py --precision bf16 | tee "$OUT/copies_bf16.txt" ;;
@@ -63,6 +72,6 @@ for s in $sections; do
       cp "$runs/n$w/metrics.jsonl" "$OUT/curve_n${w}xb4.jsonl"; cp "$runs/n1/metrics.jsonl" "$OUT/curve_n1xb$((4 * w)).jsonl"
       python3 benchmarks/ddp_report.py curves --out "$OUT/ddp_curves.png" "1xb$((4 * w))=$runs/n1/metrics.jsonl" \
         "${w}xb4=$runs/n$w/metrics.jsonl" | tee "$OUT/ddp_curves.md" ;;
-    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve)"; exit 2 ;;
+    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2)"; exit 2 ;;
   esac
 done
