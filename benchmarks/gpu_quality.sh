@@ -47,6 +47,11 @@ PEERLIKE="--encoder_temporal_kernel_size 3 --no-gen_region_film --gen_temporal_s
 collect() {  # $1: a sweep folder -> its table, summary and the first run's final samples into $OUT
   cp "$1/table.md" "$OUT/$2_table.md"; cp "$1/summary.json" "$OUT/$2_summary.json"
 }
+solo() {  # $1: the section, $2: seconds, then quality_sweep.py's own options: each run alone on the card, no peer
+  local name=$1 secs=$2; shift 2
+  python3 benchmarks/quality_sweep.py --data $D --out /tmp/$name --seconds "$secs" --sequential "$@" | tee "$OUT/$name.txt"
+  collect /tmp/$name $name
+}
 with_peer() {  # $1: the section, $2: seconds, then quality_sweep.py's own options: the peer runs beside them
   local name=$1 secs=$2; shift 2
   python3 benchmarks/quality_sweep.py --data $D --out /tmp/$name --seconds "$secs" \
@@ -123,20 +128,14 @@ for s in ${*:-sweep}; do
       # current stream for SECONDS_NOSIDE (enough for its steps/s)
       timeout 90 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_graphs.py -k side_stream 2>&1 \
         | tail -4 | tee "$OUT/gpu_tests.txt"
-      python3 benchmarks/quality_sweep.py --data $D --out /tmp/side --seconds "${SECONDS_FINAL:-150}" --sequential \
-        --prebuild 64 --run "side=$SHIPPED --no-compile_wubu" | tee "$OUT/side.txt"
-      collect /tmp/side side
+      solo side "${SECONDS_FINAL:-150}" --prebuild 64 --run "side=$SHIPPED --no-compile_wubu"
       cp /tmp/side/side/samples/final_*.png "$OUT/side_samples.png" 2>/dev/null
-      python3 benchmarks/quality_sweep.py --data $D --out /tmp/noside --seconds "${SECONDS_NOSIDE:-70}" --sequential \
-        --run "noside=$SHIPPED --no-compile_wubu --no-wubu_side_stream" | tee "$OUT/noside.txt"
-      collect /tmp/noside noside ;;
+      solo noside "${SECONDS_NOSIDE:-70}" --run "noside=$SHIPPED --no-compile_wubu --no-wubu_side_stream" ;;
     peer_alone)  # the peer alone for SECONDS_FINAL (its validation every 30 s): one half of a budget too long for one call
       timeout $(( ${SECONDS_FINAL:-150} + 60 )) python3 .gpu/peer/peer_vae.py /tmp/clips64.npz "${SECONDS_FINAL:-150}" 1e-6 \
         | tee "$OUT/peer_alone.jsonl" ;;
     shipped_alone)  # the other half: the launcher preset as shipped, alone for SECONDS_FINAL, its samples and strips
-      python3 benchmarks/quality_sweep.py --data $D --out /tmp/shipped --seconds "${SECONDS_FINAL:-150}" --sequential \
-        --prebuild 64 --run "shipped=$SHIPPED" | tee "$OUT/shipped.txt"
-      collect /tmp/shipped shipped
+      solo shipped "${SECONDS_FINAL:-150}" --prebuild 64 --run "shipped=$SHIPPED"
       cp /tmp/shipped/shipped/samples/final_*.png "$OUT/shipped_samples.png" 2>/dev/null
       cp -r /tmp/shipped/shipped/media "$OUT/shipped_media" 2>/dev/null ;;
     final)
@@ -144,9 +143,7 @@ for s in ${*:-sweep}; do
       cp /tmp/final/recipe/samples/final_*.png "$OUT/final_samples.png" 2>/dev/null
       cp -r /tmp/final/recipe/media "$OUT/final_media" 2>/dev/null ;;
     alone)  # wubugen's recipe with RECIPE's changes alone for SECONDS_FINAL, no peer: a probe against a final call's curve
-      python3 benchmarks/quality_sweep.py --data $D --out /tmp/alone --seconds "${SECONDS_FINAL:-150}" --sequential \
-        --prebuild 64 --run "recipe=$NEW ${RECIPE:-}" | tee "$OUT/alone.txt"
-      collect /tmp/alone alone ;;
+      solo alone "${SECONDS_FINAL:-150}" --prebuild 64 --run "recipe=$NEW ${RECIPE:-}" ;;
     phases)  # the guide's phase plan end to end at 64x64, shortened (--phase-steps), then prior samples and the report
       rm -rf /tmp/plan
       S="--set video_data_path=$D/train --set validation_video_path=$D/val --set image_h=64 --set image_w=64
