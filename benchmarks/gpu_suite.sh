@@ -31,9 +31,10 @@ for s in $sections; do
     round2)  # issue 19: the original script (ref.py and bench_ref.py copied into .gpu/original), then the launcher's rows
       # as it now ships (plain backbone, eager kernels, CUDA graphs), a repeat run for set-up, and larger batches for MFU
       [ -f .gpu/original/ref.py ] && one timeout 150 bash .gpu/original/run_launcher.sh | tee "$OUT/original.txt"
+      # -b4: the issue's batch (the launcher preset's is 8 now; the call of 2026-12-02 ran these rows at 8 by mistake)
       one timeout 240 python3 $B --json "$OUT/r2_rows.json" --rows \
-        launcher-bf16,launcher-fp32,launcher-bf16-noside,launcher-bf16-maps,launcher-bf16-eager
-      one timeout 60 python3 $B --json "$OUT/r2_repeat.json" --rows launcher-bf16
+        launcher-bf16-b4,launcher-fp32-b4,launcher-bf16-b4-noside,launcher-bf16-b4-maps,launcher-bf16-b4-eager
+      one timeout 60 python3 $B --json "$OUT/r2_repeat.json" --rows launcher-bf16-b4
       one timeout 150 python3 benchmarks/bench_step.py --steps 15 --warmup 6 --json "$OUT/r2_batch.json" --rows \
         launcher-bf16-b16,launcher-bf16-b32,launcher-bf16-b64 ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
