@@ -16,7 +16,9 @@
 #                                             (600 s each does not fit one call: two calls on the same warm card)
 #   bash benchmarks/gpu_quality.sh final      the peer, then wubugen's recipe, each alone for SECONDS (equal GPU time)
 #   bash benchmarks/gpu_quality.sh alone      wubugen's recipe with RECIPE's changes alone for SECONDS_FINAL (no peer)
-#   bash benchmarks/gpu_quality.sh phases     the guide's phase plan end to end at 64x64 (shortened), prior samples per phase
+#   bash benchmarks/gpu_quality.sh phases     the guide's phase plan end to end at 64x64 (shortened), prior samples
+#   bash benchmarks/gpu_quality.sh predict_phases  the predict task against copy-last-frame, and the phase plan, at once
+#   bash benchmarks/gpu_quality.sh r256       256x256 (.gpu/d256): the peer, then the launcher preset, each alone
 #
 # Carry .whl (PyAV and tomli-w wheels for the GPU image's python) and .gpu. Results: $OUT (default ./bench_out).
 set -u
@@ -29,7 +31,14 @@ export PYTHONPATH="$PWD/src:$site" PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 D=.gpu/d64
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 git log --oneline -1 >> "$OUT/gpu.txt" 2>/dev/null
-[ -f /tmp/clips64.npz ] || python3 .gpu/peer/make_clips.py 64 /tmp/clips64.npz $D/train $D/val
+clips() {  # the peer's clip file, made only by the sections that run the peer (about 10 s)
+  [ -f /tmp/clips64.npz ] || python3 .gpu/peer/make_clips.py 64 /tmp/clips64.npz $D/train $D/val
+}
+mirror() {  # $1: a sweep folder: copy its runs' metrics into $OUT every 15 s, so a call cut off at its limit still
+  # brings back every validation so far (the table is written only at the end)
+  ( while sleep 15; do for m in "$1"/*/metrics.jsonl; do [ -f "$m" ] && cp "$m" "$OUT/$(basename "$(dirname "$m")")_metrics.jsonl"; done; done ) &
+  MIRROR=$!
+}
 COMMON="--preset launcher --image_h 64 --image_w 64 --no-compile --optimizer riemannian_adam --batch_size 32
  --no-disc_use_gaad_film_condition --no-q_controller_enabled --no-use_lpips_for_verification --log_interval 100
  --val_interval 500 --save_interval 0 --max_steps 1000000 --wandb_log_train_recon_interval 0
@@ -43,20 +52,48 @@ NEW="$COMMON --encoder_shallow_cnn_channels 64 --encoder_channels 256 --encoder_
  --lambda_gan 0.1 --gan_start_step 500 --ema_decay 0.999"
 PIX="--region_codes gated --no-encoder_use_roi_align --encoder_pixel_patch_size 8"
 CODELESS="$NEW --region_codes none --ema_decay 0"  # the recipe of calls 4-10 (docs/results.md)
+# the launcher preset at its own size and batch (256x256, batch 8)
+SHIPPED256="--preset launcher --no-use_lpips_for_verification --log_interval 100 --val_interval 500 --save_interval 0
+ --max_steps 1000000 --wandb_log_train_recon_interval 0 --wandb_log_fixed_noise_samples_interval 0 --demo_num_samples 16"
 PEERLIKE="--encoder_temporal_kernel_size 3 --no-gen_region_film --gen_temporal_stages all"  # the peer's layout, pieces
 collect() {  # $1: a sweep folder -> its table, summary and the first run's final samples into $OUT
   cp "$1/table.md" "$OUT/$2_table.md"; cp "$1/summary.json" "$OUT/$2_summary.json"
 }
 solo() {  # $1: the section, $2: seconds, then quality_sweep.py's own options: each run alone on the card, no peer
   local name=$1 secs=$2; shift 2
+  mirror /tmp/$name
   python3 benchmarks/quality_sweep.py --data $D --out /tmp/$name --seconds "$secs" --sequential "$@" | tee "$OUT/$name.txt"
+  kill $MIRROR 2>/dev/null
   collect /tmp/$name $name
 }
 with_peer() {  # $1: the section, $2: seconds, then quality_sweep.py's own options: the peer runs beside them
   local name=$1 secs=$2; shift 2
+  clips; mirror /tmp/$name
   python3 benchmarks/quality_sweep.py --data $D --out /tmp/$name --seconds "$secs" \
     --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py "$@" | tee "$OUT/$name.txt"
+  kill $MIRROR 2>/dev/null
   collect /tmp/$name $name
+}
+phases_run() {  # the guide's phase plan end to end at 64x64 with the launcher as shipped, shortened (--phase-steps),
+  # then the plan's status, aggregate-prior samples of the last KL phase and of the last phase, and one archive
+  rm -rf /tmp/plan
+  S="--set video_data_path=$D/train --set validation_video_path=$D/val --set image_h=64 --set image_w=64
+ --set batch_size=32 --set use_lpips_for_verification=false --set log_interval=100 --set save_interval=0
+ --set demo_num_samples=16 --set wandb_log_train_recon_interval=0 --set wandb_log_fixed_noise_samples_interval=0"
+  python3 -m wubugen phases configs/phases/guide.toml --root /tmp/plan --phase-steps "${PHASE_STEPS:-2400}" $S \
+    2>&1 | grep -v "it/s\|step/s" | tee "$OUT/phases.txt"
+  python3 -m wubugen phases status /tmp/plan | tee "$OUT/phases_status.txt"
+  for ph in phase1 phase2a phase2b phase2c phase3 phase4; do
+    cp /tmp/plan/$ph/summary.json "$OUT/summary_$ph.json" 2>/dev/null
+  done
+  for ph in phase2c phase2b phase4; do  # after the KL annealing (phase 2c is optional), and the plan's end
+    [ -d /tmp/plan/$ph ] || continue
+    python3 -m wubugen sample --checkpoint /tmp/plan/$ph --num 16 --out "$OUT/prior_$ph.png" 2>&1 | tail -2
+  done
+  mkdir -p "$OUT/plan" && (cd /tmp/plan && find . \( -name "*.jsonl" -o -name "*.json" -o -name "*.toml" -o -name "*.html" \
+    -o -name "*.png" \) -not -path "./*/step_*" | head -400 | xargs -r cp --parents -t "$OUT/plan")
+  # the device tool brings back a limited number of files: one archive holds the rest
+  (cd "$OUT" && tar czf phases.tgz plan summary_*.json && rm -rf plan summary_*.json)
 }
 for s in ${*:-sweep}; do
   case $s in
@@ -132,7 +169,7 @@ for s in ${*:-sweep}; do
       cp /tmp/side/side/samples/final_*.png "$OUT/side_samples.png" 2>/dev/null
       solo noside "${SECONDS_NOSIDE:-70}" --run "noside=$SHIPPED --no-compile_wubu --no-wubu_side_stream" ;;
     peer_alone)  # the peer alone for SECONDS_FINAL (its validation every 30 s): one half of a budget too long for one call
-      timeout $(( ${SECONDS_FINAL:-150} + 60 )) python3 .gpu/peer/peer_vae.py /tmp/clips64.npz "${SECONDS_FINAL:-150}" 1e-6 \
+      clips; timeout $(( ${SECONDS_FINAL:-150} + 60 )) python3 .gpu/peer/peer_vae.py /tmp/clips64.npz "${SECONDS_FINAL:-150}" 1e-6 \
         | tee "$OUT/peer_alone.jsonl" ;;
     shipped_alone)  # the other half: the launcher preset as shipped, alone for SECONDS_FINAL, its samples and strips
       solo shipped "${SECONDS_FINAL:-150}" --prebuild 64 --run "shipped=$SHIPPED"
@@ -144,25 +181,25 @@ for s in ${*:-sweep}; do
       cp -r /tmp/final/recipe/media "$OUT/final_media" 2>/dev/null ;;
     alone)  # wubugen's recipe with RECIPE's changes alone for SECONDS_FINAL, no peer: a probe against a final call's curve
       solo alone "${SECONDS_FINAL:-150}" --prebuild 64 --run "recipe=$NEW ${RECIPE:-}" ;;
-    phases)  # the guide's phase plan end to end at 64x64, shortened (--phase-steps), then prior samples and the report
-      rm -rf /tmp/plan
-      S="--set video_data_path=$D/train --set validation_video_path=$D/val --set image_h=64 --set image_w=64
- --set batch_size=32 --set region_codes=none --set ema_decay=0 --set q_controller_enabled=false
- --set use_lpips_for_verification=false --set log_interval=100 --set save_interval=0 --set demo_num_samples=16
- --set wandb_log_train_recon_interval=0 --set wandb_log_fixed_noise_samples_interval=0"
-      python3 -m wubugen phases configs/phases/guide.toml --root /tmp/plan --phase-steps "${PHASE_STEPS:-2400}" $S \
-        2>&1 | grep -v "it/s\|step/s" | tee "$OUT/phases.txt"
-      python3 -m wubugen phases status /tmp/plan | tee "$OUT/phases_status.txt"
-      for ph in phase1 phase2a phase2b phase2c phase3 phase4; do
-        [ -d /tmp/plan/$ph ] || continue
-        python3 -m wubugen sample --checkpoint /tmp/plan/$ph --num 16 --out "$OUT/prior_$ph.png" 2>&1 | tail -2
-        python3 -m wubugen sample --checkpoint /tmp/plan/$ph --num 16 --prior normal --out "$OUT/normal_$ph.png" 2>&1 | tail -1
-        cp /tmp/plan/$ph/summary.json "$OUT/summary_$ph.json" 2>/dev/null
-      done
-      mkdir -p "$OUT/plan" && (cd /tmp/plan && find . \( -name "*.jsonl" -o -name "*.json" -o -name "*.toml" -o -name "*.html" \
-        -o -name "*.png" \) -not -path "./*/step_*" | head -400 | xargs -r cp --parents -t "$OUT/plan")
-      # the device tool brings back a limited number of files: one archive holds the rest
-      (cd "$OUT" && tar czf phases.tgz plan prior_*.png normal_*.png summary_*.json && rm -rf plan normal_*.png summary_*.json) ;;
-    *) echo "unknown section $s (sweep generalise backbone bisect diagnose plain hybrid speed candidates codes codes_alone peer_alone shipped_alone final alone phases)"; exit 2 ;;
+    phases) phases_run ;;
+    predict_phases)  # at once on the card: the predict task (the launcher on the wubu_gaad backbone, which predicts)
+      # for SECONDS_PREDICT against copy-last-frame, and the phase plan in the background
+      for split in train val; do python3 -m wubugen data inspect $D/$split --image_h 64 --image_w 64 >/dev/null; done
+      phases_run > "$OUT/phases_section.txt" 2>&1 &
+      solo predict "${SECONDS_PREDICT:-400}" --run "predict=$SHIPPED --task predict --backbone wubu_gaad"
+      cp /tmp/predict/predict/samples/final_*.png "$OUT/predict_samples.png" 2>/dev/null
+      cp -r /tmp/predict/predict/media "$OUT/predict_media" 2>/dev/null
+      wait ;;
+    r256)  # the launcher's own size, 256x256: the peer, then the launcher as shipped, each alone for SECONDS_256
+      [ -f /tmp/clips256.npz ] || python3 benchmarks/peer_clips.py 256 /tmp/clips256.npz .gpu/d256/train .gpu/d256/val
+      mirror /tmp/r256
+      python3 benchmarks/quality_sweep.py --data .gpu/d256 --out /tmp/r256 --seconds "${SECONDS_256:-240}" --sequential \
+        --prebuild 256 --peer /tmp/clips256.npz --peer_script .gpu/peer/peer_vae.py --run "launcher=$SHIPPED256" \
+        | tee "$OUT/r256.txt"
+      kill $MIRROR 2>/dev/null
+      collect /tmp/r256 r256
+      cp /tmp/r256/launcher/samples/final_*.png "$OUT/r256_samples.png" 2>/dev/null
+      cp -r /tmp/r256/launcher/media "$OUT/r256_media" 2>/dev/null ;;
+    *) echo "unknown section $s (sweep generalise backbone bisect diagnose plain hybrid speed candidates codes codes_alone peer_alone shipped_alone final alone phases predict_phases r256)"; exit 2 ;;
   esac
 done

@@ -185,7 +185,16 @@ def test_deterministic_given_seed():
     assert torch.equal(outs[0], outs[1])
 
 
+def cpu_bf16_conv3d_broken() -> bool:
+    """torch 2.14.1's oneDNN bf16 conv3d returns all NaN on some Xeon CPUs (seen on this project's CI machines); the
+    model's own bf16 path cannot be judged there."""
+    x, w = torch.randn(2, 3, 1, 64, 64), torch.randn(16, 3, 3, 3, 3)
+    return bool(torch.nn.functional.conv3d(x.bfloat16(), w.bfloat16(), padding=1).isnan().any())
+
+
 def test_bf16_forward_agrees_with_fp32():
+    if cpu_bf16_conv3d_broken():
+        pytest.skip("this CPU's bf16 conv3d (torch's oneDNN kernel) returns NaN for finite inputs")
     cfg = build_config("quickstart", overrides={"wubu_dropout": 0.0})
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.geometry).eval()

@@ -183,6 +183,11 @@ class ModelConfig:
     task: Literal["reconstruct", "predict"] = opt(
         "reconstruct", "reconstruct: the encoder sees the whole window and the generator rebuilds its last frames; "
         "predict: the encoder sees only the context frames and the generator predicts the rest", common=True)
+    # a generator that must rebuild the last context frame through an 8x-downsampled latent loses its fine detail and
+    # falls below simply copying it (the baseline the predict task is judged against); predicting the change keeps it
+    predict_residual: bool = opt(
+        True, "predict task: the generator outputs the change from the last context frame (near zero at the start, "
+        "so training starts at the copy-last-frame baseline); false: the frames themselves")
     # plain: the plain conv VAE peer's 3-D conv network (models/plain.py); with --region_codes none and
     # --no-gen_region_film it is the zero point of the ablation table
     backbone: Literal["wubu_gaad", "plain"] = opt(

@@ -2,7 +2,8 @@
 
 Two tasks (the original's latent depended only on the last target frame):
   * reconstruct: the posterior sees the whole window; the generator rebuilds its last num_predict_frames frames;
-  * predict: the encoder sees only the num_input_frames context frames; the generator produces the frames that follow.
+  * predict: the encoder sees only the num_input_frames context frames; the generator produces the frames that follow,
+    by default as a change from the last context frame (--predict_residual), so it starts at the copy-last baseline.
 """
 from __future__ import annotations
 
@@ -41,6 +42,12 @@ class WuBuGAADHybridGen(nn.Module):
         else:
             ctx = m.encoder_channels if self.task == "predict" else 0
             self.generator = Generator(m, geo, context_channels=ctx)
+        self.residual = self.task == "predict" and m.predict_residual
+        if self.residual:  # the change starts near zero: the first predictions are about the copy-last baseline
+            # (scaled down, not zeroed: a zero output conv would stop every gradient before it on the first step)
+            with torch.no_grad():
+                self.generator.out.weight.mul_(0.01)
+                self.generator.out.bias.zero_()
 
     # -- shapes --------------------------------------------------------------------------------------------------------
     def latent_shape(self) -> tuple[int, ...]:
@@ -62,8 +69,16 @@ class WuBuGAADHybridGen(nn.Module):
         motion = self.motion(frames, flow) if self.motion is not None else None
         return self.encoder(frames, motion)
 
-    def decode(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        return self.generator(z, context if self.task == "predict" else None)
+    def decode(self, z: Tensor, context: Tensor | None = None, last: Tensor | None = None) -> Tensor:
+        """z -> frames (B, T_out, C, H, W) in [-1, 1]; the predict task takes the encoder's context features and, with
+        --predict_residual, the last context frame `last` (B, C, H, W), which the generator's output changes."""
+        out = self.generator(z, context if self.task == "predict" else None)
+        if not self.residual:
+            return out
+        if last is None:
+            raise ValueError("--predict_residual predicts a change from the last context frame: give `last`")
+        # tanh's range doubled, so any pixel can reach any value in [-1, 1] from any starting value
+        return (last[:, None].to(out.dtype) + 2 * out).clamp(-1, 1)
 
     @staticmethod
     def reparameterize(mu: Tensor, logvar: Tensor, sample: bool = True) -> Tensor:
@@ -76,7 +91,7 @@ class WuBuGAADHybridGen(nn.Module):
         enc, target = self.split(clip)
         mu, logvar, context = self.encode(enc, flow)
         z = self.reparameterize(mu, logvar, sample_posterior)
-        return VAEOutput(self.decode(z, context), target, mu, logvar)
+        return VAEOutput(self.decode(z, context, clip[:, self.t_in - 1]), target, mu, logvar)
 
     @torch.no_grad()
     def sample(self, num: int, context_clip: Tensor | None = None, generator: torch.Generator | None = None,
@@ -84,15 +99,15 @@ class WuBuGAADHybridGen(nn.Module):
         """Unconditional samples from the prior, using the same GAAD boxes as training (they are static buffers).
         In the predict task a context clip (B, T_in, C, H, W) is required. -> (num, T_out, C, H, W)"""
         device = next(self.parameters()).device
-        context = None
+        context = last = None
         if self.task == "predict":
             if context_clip is None:
                 raise ValueError("the predict task samples futures of a context clip: give context_clip")
             _, _, context = self.encode(context_clip[:, :self.t_in])
-            num = context.shape[0]
+            last, num = context_clip[:, self.t_in - 1].to(device), context.shape[0]
         if noise is None:
             noise = torch.randn((num, *self.latent_shape()), generator=generator, device=device)
-        return self.decode(noise.to(device), context)
+        return self.decode(noise.to(device), context, last)
 
 
 def build_motion(m: ModelConfig, geo: FrameGeometry) -> nn.Module | None:
