@@ -31,8 +31,9 @@ export PYTHONPATH="$PWD/src:$site" PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 D=.gpu/d64
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 git log --oneline -1 >> "$OUT/gpu.txt" 2>/dev/null
-clips() {  # the peer's clip file, made only by the sections that run the peer (about 10 s)
-  [ -f /tmp/clips64.npz ] || python3 .gpu/peer/make_clips.py 64 /tmp/clips64.npz $D/train $D/val
+clips() {  # $1: size, $2: footage folder: the peer's clip file /tmp/clips$1.npz, made only by the sections that run
+  # the peer (make_clips.py's arrays, one process per footage file)
+  [ -f /tmp/clips$1.npz ] || python3 benchmarks/peer_clips.py $1 /tmp/clips$1.npz $2/train $2/val
 }
 mirror() {  # $1: a sweep folder: copy its runs' metrics into $OUT every 15 s, so a call cut off at its limit still
   # brings back every validation so far (the table is written only at the end)
@@ -59,20 +60,21 @@ PEERLIKE="--encoder_temporal_kernel_size 3 --no-gen_region_film --gen_temporal_s
 collect() {  # $1: a sweep folder -> its table, summary and the first run's final samples into $OUT
   cp "$1/table.md" "$OUT/$2_table.md"; cp "$1/summary.json" "$OUT/$2_summary.json"
 }
-solo() {  # $1: the section, $2: seconds, then quality_sweep.py's own options: each run alone on the card, no peer
-  local name=$1 secs=$2; shift 2
+sweep() {  # $1: the section, $2: seconds, $3: footage folder, then quality_sweep.py's own options; results into $OUT
+  local name=$1 secs=$2 data=$3; shift 3
   mirror /tmp/$name
-  python3 benchmarks/quality_sweep.py --data $D --out /tmp/$name --seconds "$secs" --sequential "$@" | tee "$OUT/$name.txt"
+  python3 benchmarks/quality_sweep.py --data "$data" --out /tmp/$name --seconds "$secs" "$@" | tee "$OUT/$name.txt"
   kill $MIRROR 2>/dev/null
   collect /tmp/$name $name
 }
+solo() {  # $1: the section, $2: seconds, then quality_sweep.py's own options: each run alone on the card, no peer
+  local name=$1 secs=$2; shift 2
+  sweep $name "$secs" $D --sequential "$@"
+}
 with_peer() {  # $1: the section, $2: seconds, then quality_sweep.py's own options: the peer runs beside them
   local name=$1 secs=$2; shift 2
-  clips; mirror /tmp/$name
-  python3 benchmarks/quality_sweep.py --data $D --out /tmp/$name --seconds "$secs" \
-    --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py "$@" | tee "$OUT/$name.txt"
-  kill $MIRROR 2>/dev/null
-  collect /tmp/$name $name
+  clips 64 $D
+  sweep $name "$secs" $D --peer /tmp/clips64.npz --peer_script .gpu/peer/peer_vae.py "$@"
 }
 phases_run() {  # the guide's phase plan end to end at 64x64 with the launcher as shipped, shortened (--phase-steps),
   # then the plan's status, aggregate-prior samples of the last KL phase and of the last phase, and one archive
@@ -169,7 +171,7 @@ for s in ${*:-sweep}; do
       cp /tmp/side/side/samples/final_*.png "$OUT/side_samples.png" 2>/dev/null
       solo noside "${SECONDS_NOSIDE:-70}" --run "noside=$SHIPPED --no-compile_wubu --no-wubu_side_stream" ;;
     peer_alone)  # the peer alone for SECONDS_FINAL (its validation every 30 s): one half of a budget too long for one call
-      clips; timeout $(( ${SECONDS_FINAL:-150} + 60 )) python3 .gpu/peer/peer_vae.py /tmp/clips64.npz "${SECONDS_FINAL:-150}" 1e-6 \
+      clips 64 $D; timeout $(( ${SECONDS_FINAL:-150} + 60 )) python3 .gpu/peer/peer_vae.py /tmp/clips64.npz "${SECONDS_FINAL:-150}" 1e-6 \
         | tee "$OUT/peer_alone.jsonl" ;;
     shipped_alone)  # the other half: the launcher preset as shipped, alone for SECONDS_FINAL, its samples and strips
       solo shipped "${SECONDS_FINAL:-150}" --prebuild 64 --run "shipped=$SHIPPED"
@@ -191,13 +193,9 @@ for s in ${*:-sweep}; do
       cp -r /tmp/predict/predict/media "$OUT/predict_media" 2>/dev/null
       wait ;;
     r256)  # the launcher's own size, 256x256: the peer, then the launcher as shipped, each alone for SECONDS_256
-      [ -f /tmp/clips256.npz ] || python3 benchmarks/peer_clips.py 256 /tmp/clips256.npz .gpu/d256/train .gpu/d256/val
-      mirror /tmp/r256
-      python3 benchmarks/quality_sweep.py --data .gpu/d256 --out /tmp/r256 --seconds "${SECONDS_256:-240}" --sequential \
-        --prebuild 256 --peer /tmp/clips256.npz --peer_script .gpu/peer/peer_vae.py --run "launcher=$SHIPPED256" \
-        | tee "$OUT/r256.txt"
-      kill $MIRROR 2>/dev/null
-      collect /tmp/r256 r256
+      clips 256 .gpu/d256
+      sweep r256 "${SECONDS_256:-240}" .gpu/d256 --sequential --prebuild 256 --peer /tmp/clips256.npz \
+        --peer_script .gpu/peer/peer_vae.py --run "launcher=$SHIPPED256"
       cp /tmp/r256/launcher/samples/final_*.png "$OUT/r256_samples.png" 2>/dev/null
       cp -r /tmp/r256/launcher/media "$OUT/r256_media" 2>/dev/null ;;
     *) echo "unknown section $s (sweep generalise backbone bisect diagnose plain hybrid speed candidates codes codes_alone peer_alone shipped_alone final alone phases predict_phases r256)"; exit 2 ;;
