@@ -1,4 +1,5 @@
 """Model properties: gradient coverage over the preset grid, shapes, time mixing, tasks, determinism, bf16 vs fp32."""
+import contextlib
 import math
 
 import pytest
@@ -185,16 +186,35 @@ def test_deterministic_given_seed():
     assert torch.equal(outs[0], outs[1])
 
 
-def cpu_bf16_conv3d_broken() -> bool:
-    """torch 2.14.1's oneDNN bf16 conv3d returns all NaN on some Xeon CPUs (seen on this project's CI machines); the
-    model's own bf16 path cannot be judged there."""
-    x, w = torch.randn(2, 3, 1, 64, 64), torch.randn(16, 3, 3, 3, 3)
-    return bool(torch.nn.functional.conv3d(x.bfloat16(), w.bfloat16(), padding=1).isnan().any())
+@contextlib.contextmanager
+def conv3d_fault_watch(model: torch.nn.Module):
+    """Yields a list that gets the name of every torch nn.Conv3d inside `model` whose low-precision output is not its
+    own fp32 result on the same (cast) inputs and weights, within 5%, while the block runs. torch 2.14.1's oneDNN bf16
+    conv3d returns NaN or wrong values on some Xeon CPUs (this project's CI machines), intermittently, for
+    non-contiguous inputs: a fault in torch, where the model's own bf16 path cannot be judged."""
+    found: list[str] = []
+
+    def hook(name):
+        def check(mod, inputs, out):
+            if out.dtype == torch.float32:
+                return
+            x, w = inputs[0].to(out.dtype).float(), mod.weight.to(out.dtype).float()
+            bias = None if mod.bias is None else mod.bias.to(out.dtype).float()
+            with torch.autocast("cpu", enabled=False):
+                ref = mod._conv_forward(x.contiguous(), w, bias)
+            if not ((out.float() - ref).norm() <= 0.05 * ref.norm()):  # NaN fails too
+                found.append(name)
+        return check
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if type(m) is torch.nn.Conv3d]
+    try:
+        yield found
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def test_bf16_forward_agrees_with_fp32():
-    if cpu_bf16_conv3d_broken():
-        pytest.skip("this CPU's bf16 conv3d (torch's oneDNN kernel) returns NaN for finite inputs")
     cfg = build_config("quickstart", overrides={"wubu_dropout": 0.0})
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.geometry).eval()
@@ -203,9 +223,11 @@ def test_bf16_forward_agrees_with_fp32():
     with torch.no_grad():
         ref = model(clip, sample_posterior=False)
         ref_logits = disc(ref.recon)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16), conv3d_fault_watch(model) as torch_faults:
             low = model(clip, sample_posterior=False)
             low_logits = disc(ref.recon)
+    if torch_faults:
+        pytest.skip(f"torch's CPU bf16 conv3d disagreed with itself in fp32 ({torch_faults[0]}): a torch fault")
 
     def rel(a, b):
         return ((a.float() - b.float()).norm() / b.float().norm()).item()
