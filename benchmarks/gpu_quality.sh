@@ -18,6 +18,7 @@
 #   bash benchmarks/gpu_quality.sh alone      wubugen's recipe with RECIPE's changes alone for SECONDS_FINAL (no peer)
 #   bash benchmarks/gpu_quality.sh phases     the guide's phase plan end to end at 64x64 (shortened), prior samples
 #   bash benchmarks/gpu_quality.sh predict_phases  the predict task against copy-last-frame, and the phase plan, at once
+#   bash benchmarks/gpu_quality.sh predict_warp    the predict task with and without the warped start, at once
 #   bash benchmarks/gpu_quality.sh r256       256x256 (.gpu/d256): the peer, then the launcher preset, each alone
 #
 # Carry .whl (PyAV and tomli-w wheels for the GPU image's python) and .gpu. Results: $OUT (default ./bench_out).
@@ -192,12 +193,25 @@ for s in ${*:-sweep}; do
       cp /tmp/predict/predict/samples/final_*.png "$OUT/predict_samples.png" 2>/dev/null
       cp -r /tmp/predict/predict/media "$OUT/predict_media" 2>/dev/null
       wait ;;
+    predict_warp)  # at once on the card, compared at equal steps: the predict task as it was (the change from the last
+      # context frame), with the warped last frame as the start (--predict_warp), its twin without the GAN and with
+      # EMA weights; the phase plan in the background
+      for split in train val; do python3 -m wubugen data inspect $D/$split --image_h 64 --image_w 64 >/dev/null; done
+      phases_run > "$OUT/phases_section.txt" 2>&1 &
+      P="$SHIPPED --task predict --backbone wubu_gaad"
+      sweep predict "${SECONDS_PREDICT:-400}" $D --run "residual=$P" --run "warp=$P --predict_warp" \
+        --run "warp_nogan=$P --predict_warp --lambda_gan 0" --run "warp_ema=$P --predict_warp --ema_decay 0.999"
+      mkdir -p "$OUT/predict_media"
+      for r in residual warp; do cp -r /tmp/predict/$r/media "$OUT/predict_media/$r" 2>/dev/null
+        cp /tmp/predict/$r/samples/final_*.png "$OUT/predict_media/${r}_samples.png" 2>/dev/null; done
+      (cd "$OUT" && tar czf predict_media.tgz predict_media && rm -rf predict_media)
+      wait ;;
     r256)  # the launcher's own size, 256x256: the peer, then the launcher as shipped, each alone for SECONDS_256
       clips 256 .gpu/d256
       sweep r256 "${SECONDS_256:-240}" .gpu/d256 --sequential --prebuild 256 --peer /tmp/clips256.npz \
         --peer_script .gpu/peer/peer_vae.py --run "launcher=$SHIPPED256"
       cp /tmp/r256/launcher/samples/final_*.png "$OUT/r256_samples.png" 2>/dev/null
       cp -r /tmp/r256/launcher/media "$OUT/r256_media" 2>/dev/null ;;
-    *) echo "unknown section $s (sweep generalise backbone bisect diagnose plain hybrid speed candidates codes codes_alone peer_alone shipped_alone final alone phases predict_phases r256)"; exit 2 ;;
+    *) echo "unknown section $s (sweep generalise backbone bisect diagnose plain hybrid speed candidates codes codes_alone peer_alone shipped_alone final alone phases predict_phases predict_warp r256)"; exit 2 ;;
   esac
 done

@@ -296,3 +296,15 @@ def test_strict_and_non_strict_loading_name_the_tensors(tmp_path):
     assert report.loaded == 2 and not report.clean
     assert torch.equal(new[0].weight, old[0].weight)  # matching tensors loaded
     assert torch.equal(new[1].weight, before["1.weight"])  # mismatched ones left alone
+
+
+def test_config_stored_before_predict_residual_loads_as_it_was_built(tmp_path):
+    from wubugen.config import build_config
+
+    cfg = build_config("tiny", overrides={"task": "predict", "backbone": "wubu_gaad"})
+    stored = cfg.to_dict()
+    del stored["model"]["predict_residual"]  # written before the option existed: the frames themselves
+    ck.save_checkpoint(tmp_path, 1, {"model": {"w": torch.zeros(1)}}, {}, {"config": stored}, 3)
+    assert ck.stored_config(ck.load_checkpoint(tmp_path)).model.predict_residual is False
+    ck.save_checkpoint(tmp_path, 2, {"model": {"w": torch.zeros(1)}}, {}, {"config": cfg.to_dict()}, 3)
+    assert ck.stored_config(ck.load_checkpoint(tmp_path)).model.predict_residual is True

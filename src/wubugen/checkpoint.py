@@ -414,6 +414,11 @@ def load_checkpoint(
     return Checkpoint(path=d, weights=weights, train_state=train_state, meta=meta)
 
 
+# options added after checkpoints were written, whose default differs from what those runs did: a stored config
+# without the key was built with the value given here (section, key, value then)
+BEHAVIOUR_ADDED = (("model", "predict_residual", False),)
+
+
 def stored_config(c: Checkpoint):
     """The options a checkpoint was written with (its meta.json), as a Config; a UserError naming the file if they
     are missing or not valid options."""
@@ -422,8 +427,12 @@ def stored_config(c: Checkpoint):
     where = c.path / META_FILE
     if not isinstance(c.meta.get("config"), dict):
         raise UserError(f"{where} is malformed: it holds no \"config\" (the run's options)")
+    stored = c.meta["config"]
+    for section, key, old in BEHAVIOUR_ADDED:  # written before the option existed: built the way it was then
+        if isinstance(stored.get(section), dict) and key not in stored[section]:
+            stored = {**stored, section: {**stored[section], key: old}}
     try:
-        return config_from_dict(c.meta["config"])
+        return config_from_dict(stored)
     except UserError as e:
         raise UserError(f"{where}: the stored options are not valid: {e}") from None
     except (TypeError, ValueError, AttributeError) as e:

@@ -188,6 +188,13 @@ class ModelConfig:
     predict_residual: bool = opt(
         True, "predict task: the generator outputs the change from the last context frame (near zero at the start, "
         "so training starts at the copy-last-frame baseline); false: the frames themselves")
+    # redrawing moving edges through the coarse latent blurs them; moving the last frame's own pixels keeps them sharp
+    predict_warp: bool = opt(
+        False, "predict task: the change is taken from the last context frame warped along a flow the generator "
+        "predicts per output frame (starting at zero), not from the frame as it is; needs --predict_residual")
+    predict_warp_range: float = opt(
+        0.125, "--predict_warp: the largest displacement per output frame, as a fraction of the frame's width "
+        "(along x) and height (along y)", "> 0")
     # plain: the plain conv VAE peer's 3-D conv network (models/plain.py); with --region_codes none and
     # --no-gen_region_film it is the zero point of the ablation table
     backbone: Literal["wubu_gaad", "plain"] = opt(
@@ -747,6 +754,8 @@ def validate(cfg: Config) -> None:
     if m.use_wubu_motion_branch and m.optical_flow_net_type == "dis" and not m.freeze_flow_net:
         raise ConfigError("--optical_flow_net_type dis is not differentiable: use --freeze_flow_net (the default) "
                           "or a RAFT net to train the flow")
+    if m.predict_warp and not m.predict_residual:
+        raise ConfigError("--predict_warp changes the warped last context frame: it needs --predict_residual")
     if m.backbone == "plain" and (m.task != "reconstruct" or m.latent_type != "spatial" or not m.encoder_targets_only):
         raise ConfigError("--backbone plain encodes the frames a spatial latent stands for: it needs --task "
                           "reconstruct, --latent_type spatial and --encoder_targets_only (for the predict task or a "

@@ -32,9 +32,9 @@ def global_grid(height: int, width: int) -> tuple[int, int, int]:
 
 class Generator(nn.Module):
     """z: (B, C_z, T_out, h, w) spatial or (B, latent_dim) global; context (B, C_e, h, w) in the predict task
-    -> frames (B, T_out, C, H, W) in [-1, 1]."""
+    -> frames (B, T_out, C + extra_out_channels, H, W) in [-1, 1] (the predict task's warp adds 2 flow channels)."""
 
-    def __init__(self, m: ModelConfig, geo: FrameGeometry, context_channels: int = 0):
+    def __init__(self, m: ModelConfig, geo: FrameGeometry, context_channels: int = 0, extra_out_channels: int = 0):
         super().__init__()
         self.height, self.width, self.t_out = geo.height, geo.width, geo.predict_frames
         self.checkpointing = False  # a runtime switch (layers.set_activation_checkpointing), not a model option
@@ -73,7 +73,7 @@ class Generator(nn.Module):
             self.norms.append(group_norm(chans[i + 1]))
             self.films.append(film(chans[i + 1], i + 1))
         self.act = nn.GELU()
-        self.out = TapConv3d(chans[-1], geo.channels, (kt, ks, ks))
+        self.out = TapConv3d(chans[-1], geo.channels + extra_out_channels, (kt, ks, ks))
         # capacity at the latent resolution, where 3-D convs are cheap (built last: earlier layers keep their init)
         self.res_blocks = nn.Sequential(*[ResBlock3d(chans[0], kt) for _ in range(m.gen_res_blocks)])
 

@@ -3,7 +3,8 @@
 Two tasks (the original's latent depended only on the last target frame):
   * reconstruct: the posterior sees the whole window; the generator rebuilds its last num_predict_frames frames;
   * predict: the encoder sees only the num_input_frames context frames; the generator produces the frames that follow,
-    by default as a change from the last context frame (--predict_residual), so it starts at the copy-last baseline.
+    by default as a change from the last context frame (--predict_residual), so it starts at the copy-last baseline,
+    optionally from that frame warped along a flow it predicts as well (--predict_warp).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from wubugen.config import FrameGeometry, ModelConfig
 from wubugen.models.encoder import RegionalEncoder, latent_grid
 from wubugen.models.generator import Generator
 from wubugen.models.plain import PlainGenerator
+from wubugen.models.warp import base_grid, warp_frame
 
 
 @dataclass
@@ -35,14 +37,20 @@ class WuBuGAADHybridGen(nn.Module):
         self.task = m.task
         self.t_in, self.t_out = geo.input_frames, geo.predict_frames
         self.motion = motion
+        self.warp = False
         motion_dim = motion.out_dim if motion is not None else 0
         self.encoder = RegionalEncoder(m, geo, motion_dim=motion_dim)
         if m.backbone == "plain":
             self.generator = PlainGenerator(m, geo, *latent_grid(m, geo))
         else:
             ctx = m.encoder_channels if self.task == "predict" else 0
-            self.generator = Generator(m, geo, context_channels=ctx)
+            self.warp = self.task == "predict" and m.predict_warp
+            self.generator = Generator(m, geo, context_channels=ctx, extra_out_channels=2 if self.warp else 0)
         self.residual = self.task == "predict" and m.predict_residual
+        if self.warp:  # the identity warp's grid, built once; the flow's largest displacement in pixels along (x, y)
+            self.register_buffer("warp_grid", base_grid(geo.height, geo.width), persistent=False)
+            self.register_buffer("warp_scale", torch.tensor([m.predict_warp_range * geo.width,
+                                                             m.predict_warp_range * geo.height]), persistent=False)
         if self.residual:  # the change starts near zero: the first predictions are about the copy-last baseline
             # (scaled down, not zeroed: a zero output conv would stop every gradient before it on the first step)
             with torch.no_grad():
@@ -77,8 +85,14 @@ class WuBuGAADHybridGen(nn.Module):
             return out
         if last is None:
             raise ValueError("--predict_residual predicts a change from the last context frame: give `last`")
+        if self.warp:  # (B, T, C + 2, H, W): the change, then the flow in units of warp_scale
+            c = last.shape[1]
+            flow = out[:, :, c:].float() * self.warp_scale.float()[None, None, :, None, None]
+            start, out = warp_frame(last, flow, self.warp_grid).to(out.dtype), out[:, :, :c]
+        else:
+            start = last[:, None].to(out.dtype)
         # tanh's range doubled, so any pixel can reach any value in [-1, 1] from any starting value
-        return (last[:, None].to(out.dtype) + 2 * out).clamp(-1, 1)
+        return (start + 2 * out).clamp(-1, 1)
 
     @staticmethod
     def reparameterize(mu: Tensor, logvar: Tensor, sample: bool = True) -> Tensor:
