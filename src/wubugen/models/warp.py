@@ -27,8 +27,11 @@ def warp_frame(frame: Tensor, flow: Tensor, grid: Tensor | None = None) -> Tenso
     b, t, _, h, w = flow.shape
     if grid is None:
         grid = base_grid(h, w, flow.device)
-    scale = torch.tensor([2.0 / w, 2.0 / h], device=flow.device)  # pixels -> normalised units
-    coords = grid.float()[None] + flow.float().permute(0, 1, 3, 4, 2).reshape(b * t, h, w, 2) * scale
+    # pixels -> normalised units, by Python scalars: a tensor made from host values here would be a host-to-device
+    # copy in every step, which a CUDA-graph capture refuses
+    f = flow.float()
+    step = torch.stack([f[:, :, 0] * (2.0 / w), f[:, :, 1] * (2.0 / h)], -1).reshape(b * t, h, w, 2)
+    coords = grid.float()[None] + step
     src = frame.float()[:, None].expand(-1, t, -1, -1, -1).reshape(b * t, *frame.shape[1:])
     out = F.grid_sample(src, coords, mode="bilinear", padding_mode="border", align_corners=False)
     return out.reshape(b, t, *frame.shape[1:])
