@@ -89,16 +89,10 @@ phases_run() {  # the guide's phase plan end to end at 64x64 with the launcher a
   for ph in phase1 phase2a phase2b phase2c phase3 phase4; do
     cp /tmp/plan/$ph/summary.json "$OUT/summary_$ph.json" 2>/dev/null
   done
-# the device tool brings back a limited number of files: everything but the text tables goes into one archive
-(cd "$OUT" && find . -type f ! -name "*.txt" ! -name "*.tgz" | tar czf results.tgz -T - && find . -mindepth 1 \
-  -type f ! -name "*.txt" ! -name "*.tgz" -delete; find . -mindepth 1 -type d -empty -delete 2>/dev/null; ls)
   for ph in phase2c phase2b phase4; do  # after the KL annealing (phase 2c is optional), and the plan's end
     [ -d /tmp/plan/$ph ] || continue
     python3 -m wubugen sample --checkpoint /tmp/plan/$ph --num 16 --out "$OUT/prior_$ph.png" 2>&1 | tail -2
   done
-# the device tool brings back a limited number of files: everything but the text tables goes into one archive
-(cd "$OUT" && find . -type f ! -name "*.txt" ! -name "*.tgz" | tar czf results.tgz -T - && find . -mindepth 1 \
-  -type f ! -name "*.txt" ! -name "*.tgz" -delete; find . -mindepth 1 -type d -empty -delete 2>/dev/null; ls)
   mkdir -p "$OUT/plan" && (cd /tmp/plan && find . \( -name "*.jsonl" -o -name "*.json" -o -name "*.toml" -o -name "*.html" \
     -o -name "*.png" \) -not -path "./*/step_*" | head -400 | xargs -r cp --parents -t "$OUT/plan")
   # the device tool brings back a limited number of files: one archive holds the rest
@@ -194,9 +188,6 @@ for s in ${*:-sweep}; do
     predict_phases)  # at once on the card: the predict task (the launcher on the wubu_gaad backbone, which predicts)
       # for SECONDS_PREDICT against copy-last-frame, and the phase plan in the background
       for split in train val; do python3 -m wubugen data inspect $D/$split --image_h 64 --image_w 64 >/dev/null; done
-# the device tool brings back a limited number of files: everything but the text tables goes into one archive
-(cd "$OUT" && find . -type f ! -name "*.txt" ! -name "*.tgz" | tar czf results.tgz -T - && find . -mindepth 1 \
-  -type f ! -name "*.txt" ! -name "*.tgz" -delete; find . -mindepth 1 -type d -empty -delete 2>/dev/null; ls)
       phases_run > "$OUT/phases_section.txt" 2>&1 &
       solo predict "${SECONDS_PREDICT:-400}" --run "predict=$SHIPPED --task predict --backbone wubu_gaad"
       cp /tmp/predict/predict/samples/final_*.png "$OUT/predict_samples.png" 2>/dev/null
@@ -206,9 +197,6 @@ for s in ${*:-sweep}; do
       # context frame), with the warped last frame as the start (--predict_warp), its twin without the GAN and with
       # EMA weights; the phase plan in the background
       for split in train val; do python3 -m wubugen data inspect $D/$split --image_h 64 --image_w 64 >/dev/null; done
-# the device tool brings back a limited number of files: everything but the text tables goes into one archive
-(cd "$OUT" && find . -type f ! -name "*.txt" ! -name "*.tgz" | tar czf results.tgz -T - && find . -mindepth 1 \
-  -type f ! -name "*.txt" ! -name "*.tgz" -delete; find . -mindepth 1 -type d -empty -delete 2>/dev/null; ls)
       [ -n "${NO_PHASES:-}" ] || phases_run > "$OUT/phases_section.txt" 2>&1 &
       timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_graphs.py -k predict_warp 2>&1 \
         | tail -4 > "$OUT/gpu_tests.txt" &
@@ -219,17 +207,11 @@ for s in ${*:-sweep}; do
         case $r in residual) runs+=(--run "residual=$P") ;; warp) runs+=(--run "warp=$P --predict_warp") ;;
           warp_nogan) runs+=(--run "warp_nogan=$P --predict_warp --lambda_gan 0") ;;
           warp_ema) runs+=(--run "warp_ema=$P --predict_warp --ema_decay 0.999") ;; esac; done
-# the device tool brings back a limited number of files: everything but the text tables goes into one archive
-(cd "$OUT" && find . -type f ! -name "*.txt" ! -name "*.tgz" | tar czf results.tgz -T - && find . -mindepth 1 \
-  -type f ! -name "*.txt" ! -name "*.tgz" -delete; find . -mindepth 1 -type d -empty -delete 2>/dev/null; ls)
       sweep predict "${SECONDS_PREDICT:-400}" $D "${runs[@]}"
       mkdir -p "$OUT/media"
       for r in /tmp/predict/*/; do r=$(basename "$r"); cp -r /tmp/predict/$r/media "$OUT/media/$r" 2>/dev/null
         cp /tmp/predict/$r/samples/final_*.png "$OUT/media/${r}_samples.png" 2>/dev/null
         cp /tmp/predict/$r.log "$OUT/media/" 2>/dev/null; done
-# the device tool brings back a limited number of files: everything but the text tables goes into one archive
-(cd "$OUT" && find . -type f ! -name "*.txt" ! -name "*.tgz" | tar czf results.tgz -T - && find . -mindepth 1 \
-  -type f ! -name "*.txt" ! -name "*.tgz" -delete; find . -mindepth 1 -type d -empty -delete 2>/dev/null; ls)
       wait ;;
     r256)  # the launcher's own size, 256x256: the peer, then the launcher as shipped, each alone for SECONDS_256
       clips 256 .gpu/d256
