@@ -63,6 +63,7 @@ collect() {  # $1: a sweep folder -> its table, summary and the first run's fina
 }
 sweep() {  # $1: the section, $2: seconds, $3: footage folder, then quality_sweep.py's own options; results into $OUT
   local name=$1 secs=$2 data=$3; shift 3
+  rm -rf /tmp/$name  # a warm machine keeps the last call's runs: their rows would mix into this table
   mirror /tmp/$name
   python3 benchmarks/quality_sweep.py --data "$data" --out /tmp/$name --seconds "$secs" "$@" | tee "$OUT/$name.txt"
   kill $MIRROR 2>/dev/null
