@@ -96,8 +96,6 @@ phases_run() {  # the guide's phase plan end to end at 64x64 with the launcher a
   done
   mkdir -p "$OUT/plan" && (cd /tmp/plan && find . \( -name "*.jsonl" -o -name "*.json" -o -name "*.toml" -o -name "*.html" \
     -o -name "*.png" \) -not -path "./*/step_*" | head -400 | xargs -r cp --parents -t "$OUT/plan")
-  # the device tool brings back a limited number of files: one archive holds the rest
-  (cd "$OUT" && tar czf phases.tgz plan summary_*.json prior_*.png && rm -rf plan summary_*.json prior_*.png)
 }
 for s in ${*:-sweep}; do
   case $s in
@@ -202,12 +200,10 @@ for s in ${*:-sweep}; do
       timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_graphs.py -k predict_warp 2>&1 \
         | tail -4 > "$OUT/gpu_tests.txt" &
       P="$SHIPPED --task predict --backbone wubu_gaad"
-      runs=(--run "residual=$P" --run "warp=$P --predict_warp" --run "warp_nogan=$P --predict_warp --lambda_gan 0"
-        --run "warp_ema=$P --predict_warp --ema_decay 0.999")
-      [ -n "${PREDICT_RUNS:-}" ] && runs=(); for r in ${PREDICT_RUNS:-}; do  # a subset: PREDICT_RUNS="warp warp_ema"
-        case $r in residual) runs+=(--run "residual=$P") ;; warp) runs+=(--run "warp=$P --predict_warp") ;;
-          warp_nogan) runs+=(--run "warp_nogan=$P --predict_warp --lambda_gan 0") ;;
-          warp_ema) runs+=(--run "warp_ema=$P --predict_warp --ema_decay 0.999") ;; esac; done
+      declare -A flags=([residual]="" [warp]="--predict_warp" [warp_nogan]="--predict_warp --lambda_gan 0"
+        [warp_ema]="--predict_warp --ema_decay 0.999")
+      runs=(); for r in ${PREDICT_RUNS:-residual warp warp_nogan warp_ema}; do  # a subset: PREDICT_RUNS="warp warp_ema"
+        runs+=(--run "$r=$P ${flags[$r]}"); done
       sweep predict "${SECONDS_PREDICT:-400}" $D "${runs[@]}"
       mkdir -p "$OUT/media"
       for r in /tmp/predict/*/; do r=$(basename "$r"); cp -r /tmp/predict/$r/media "$OUT/media/$r" 2>/dev/null
