@@ -19,6 +19,7 @@
 #   bash benchmarks/gpu_quality.sh phases     the guide's phase plan end to end at 64x64 (shortened), prior samples
 #   bash benchmarks/gpu_quality.sh predict_phases  the predict task against copy-last-frame, and the phase plan, at once
 #   bash benchmarks/gpu_quality.sh predict_warp    the predict task with and without the warped start, at once
+#   bash benchmarks/gpu_quality.sh predict_skip    the predict task with the last context frames skipped past the latent
 #   bash benchmarks/gpu_quality.sh r256       256x256 (.gpu/d256): the peer, then the launcher preset, each alone
 #
 # Carry .whl (PyAV and tomli-w wheels for the GPU image's python) and .gpu. Results: $OUT (default ./bench_out).
@@ -192,21 +193,27 @@ for s in ${*:-sweep}; do
       cp /tmp/predict/predict/samples/final_*.png "$OUT/predict_samples.png" 2>/dev/null
       cp -r /tmp/predict/predict/media "$OUT/predict_media" 2>/dev/null
       wait ;;
-    predict_warp)  # at once on the card, compared at equal steps: the predict task as it was (the change from the last
-      # context frame), with the warped last frame as the start (--predict_warp), its twin without the GAN and with
-      # EMA weights; the phase plan in the background
+    predict_warp|predict_skip)  # at once on the card, compared at equal steps: the predict task as it was (the change
+      # from the last context frame), with the warped last frame as the start (--predict_warp), its twin without the GAN
+      # and with EMA weights; predict_skip: the last context frames at full resolution in the generator's last stage
+      # (--predict_skip_frames), alone, warped, with EMA weights; the phase plan in the background (NO_PHASES=1: none)
       for split in train val; do python3 -m wubugen data inspect $D/$split --image_h 64 --image_w 64 >/dev/null; done
       [ -n "${NO_PHASES:-}" ] || phases_run > "$OUT/phases_section.txt" 2>&1 &
-      timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_graphs.py -k predict_warp 2>&1 \
-        | tail -4 > "$OUT/gpu_tests.txt" &
+      timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_graphs.py \
+        -k "predict_warp or predict_skip" 2>&1 | tail -4 > "$OUT/gpu_tests.txt" &
       P="$SHIPPED --task predict --backbone wubu_gaad"
       declare -A flags=([residual]="" [warp]="--predict_warp" [warp_nogan]="--predict_warp --lambda_gan 0"
-        [warp_ema]="--predict_warp --ema_decay 0.999")
-      runs=(); for r in ${PREDICT_RUNS:-residual warp warp_nogan warp_ema}; do  # a subset: PREDICT_RUNS="warp warp_ema"
+        [warp_ema]="--predict_warp --ema_decay 0.999" [skip2]="--predict_skip_frames 2"
+        [skip2_warp]="--predict_skip_frames 2 --predict_warp" [skip2_ema]="--predict_skip_frames 2 --ema_decay 0.999"
+        [skip4]="--predict_skip_frames 4")
+      default="residual warp warp_nogan warp_ema"
+      [ $s = predict_skip ] && default="residual skip2 skip2_warp skip2_ema"
+      runs=(); for r in ${PREDICT_RUNS:-$default}; do  # a subset: PREDICT_RUNS="warp warp_ema"
         runs+=(--run "$r=$P ${flags[$r]}"); done
       sweep predict "${SECONDS_PREDICT:-400}" $D "${runs[@]}"
       mkdir -p "$OUT/media"
-      for r in /tmp/predict/*/; do r=$(basename "$r"); cp -r /tmp/predict/$r/media "$OUT/media/$r" 2>/dev/null
+      for r in /tmp/predict/*/; do r=$(basename "$r")  # pictures, not the GIF/MP4s (the archive has a size limit)
+        mkdir -p "$OUT/media/$r" && cp /tmp/predict/$r/media/*.png "$OUT/media/$r/" 2>/dev/null
         cp /tmp/predict/$r/samples/final_*.png "$OUT/media/${r}_samples.png" 2>/dev/null
         cp /tmp/predict/$r.log "$OUT/media/" 2>/dev/null; done
       wait ;;
@@ -216,7 +223,7 @@ for s in ${*:-sweep}; do
         --peer_script .gpu/peer/peer_vae.py --run "launcher=$SHIPPED256"
       cp /tmp/r256/launcher/samples/final_*.png "$OUT/r256_samples.png" 2>/dev/null
       cp -r /tmp/r256/launcher/media "$OUT/r256_media" 2>/dev/null ;;
-    *) echo "unknown section $s (sweep generalise backbone bisect diagnose plain hybrid speed candidates codes codes_alone peer_alone shipped_alone final alone phases predict_phases predict_warp r256)"; exit 2 ;;
+    *) echo "unknown section $s (sweep generalise backbone bisect diagnose plain hybrid speed candidates codes codes_alone peer_alone shipped_alone final alone phases predict_phases predict_warp predict_skip r256)"; exit 2 ;;
   esac
 done
 # the device tool brings back a limited number of files: everything but the text tables goes into one archive

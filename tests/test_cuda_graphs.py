@@ -64,6 +64,7 @@ def run_sequence(graphs: bool, optimizer: str, **over) -> tuple[list[torch.Tenso
 
 MOTION = {"use_wubu_motion_branch": True, "optical_flow_net_type": "dis"}
 PREDICT_WARP = {"task": "predict", "backbone": "wubu_gaad", "predict_warp": True}
+PREDICT_SKIP = {**PREDICT_WARP, "predict_skip_frames": 2}
 
 
 @pytest.mark.parametrize("optimizer,over,eager_over", [
@@ -78,6 +79,7 @@ PREDICT_WARP = {"task": "predict", "backbone": "wubu_gaad", "predict_warp": True
     pytest.param("riemannian_adam", {"encoder_use_roi_align": True, "wubu_side_stream": True},
                  {"encoder_use_roi_align": True, "wubu_side_stream": False}, id="side_stream_roi"),  # reads the stem
     pytest.param("riemannian_adam", PREDICT_WARP, PREDICT_WARP, id="predict_warp"),  # grid_sample, static grid
+    pytest.param("riemannian_adam", PREDICT_SKIP, PREDICT_SKIP, id="predict_skip"),  # context frames, a second input
 ])
 def test_replayed_steps_match_eager_steps(optimizer, over, eager_over):
     losses_e, weights_e, eager = run_sequence(False, optimizer, **eager_over)

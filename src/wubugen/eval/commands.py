@@ -59,7 +59,7 @@ def _sample_batches(args: argparse.Namespace, cfg: Config, model, device: torch.
                     enc, _ = model.split(batch)
                     mu, logvar, context = model.encode(enc)
                     z = model.reparameterize(mu, logvar, sample=args.num > 1)
-                    frames = torch.cat([batch[:, :t_in], model.decode(z, context, batch[:, t_in - 1]).float()], 1)
+                    frames = torch.cat([batch[:, :t_in], model.decode(z, context, batch[:, :t_in]).float()], 1)
                 else:  # reconstruct: the window's last frames rebuilt from its posterior mean
                     frames = torch.cat([batch[:, :t_in], model(batch, sample_posterior=False).recon.float()], 1)
             else:  # noise drawn on the CPU from the seeded generator (the same clips on any device)

@@ -32,6 +32,7 @@ def global_grid(height: int, width: int) -> tuple[int, int, int]:
 
 class Generator(nn.Module):
     """z: (B, C_z, T_out, h, w) spatial or (B, latent_dim) global; context (B, C_e, h, w) in the predict task
+    [+ skip: the last predict_skip_frames context frames (B, N, C, H, W), --predict_skip_frames]
     -> frames (B, T_out, C + extra_out_channels, H, W) in [-1, 1] (the predict task's warp adds 2 flow channels)."""
 
     def __init__(self, m: ModelConfig, geo: FrameGeometry, context_channels: int = 0, extra_out_channels: int = 0):
@@ -73,11 +74,20 @@ class Generator(nn.Module):
             self.norms.append(group_norm(chans[i + 1]))
             self.films.append(film(chans[i + 1], i + 1))
         self.act = nn.GELU()
+        self.skip_frames = m.predict_skip_frames if context_channels else 0
+        if self.skip_frames:
+            # the skip's features once per clip at full resolution, then merged with the last stage's features of
+            # every output frame (a (1, 3, 3) conv: the output conv's temporal kernel mixes the frames after it)
+            sc = m.predict_skip_channels
+            self.skip_in = nn.Sequential(nn.Conv2d(self.skip_frames * geo.channels, sc, 3, 1, 1), group_norm(sc),
+                                         nn.GELU())
+            self.skip_merge = nn.Conv3d(chans[-1] + sc, chans[-1], (1, 3, 3), 1, (0, 1, 1))
+            self.skip_norm = group_norm(chans[-1])
         self.out = TapConv3d(chans[-1], geo.channels + extra_out_channels, (kt, ks, ks))
         # capacity at the latent resolution, where 3-D convs are cheap (built last: earlier layers keep their init)
         self.res_blocks = nn.Sequential(*[ResBlock3d(chans[0], kt) for _ in range(m.gen_res_blocks)])
 
-    def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, z: Tensor, context: Tensor | None = None, skip: Tensor | None = None) -> Tensor:
         if not self.spatial:
             h0, w0 = self.grid0
             z = self.expand(z).reshape(z.shape[0], -1, self.t_out, h0, w0)
@@ -89,18 +99,30 @@ class Generator(nn.Module):
         n = len(self.ups)
         for i in range(n - 1):
             x = self.stage(i, x)
+        if self.skip_frames:
+            if skip is None or skip.shape[1] != self.skip_frames:
+                raise ValueError(f"--predict_skip_frames: give the last {self.skip_frames} context frames as `skip`")
+            skip = self.skip_in(skip.flatten(1, 2).to(x.dtype))  # (B, N*C, H, W) -> (B, sc, H, W)
+        else:
+            skip = None
         if self.checkpointing and torch.is_grad_enabled():
             # the full-resolution stage is recomputed in backward (nothing random in it)
-            x = checkpoint(self.last_stage, x, use_reentrant=False, preserve_rng_state=False)
+            x = checkpoint(self.last_stage, x, skip, use_reentrant=False, preserve_rng_state=False)
         else:
-            x = self.last_stage(x)
+            x = self.last_stage(x, skip)
         return crop_to(x, self.height, self.width).permute(0, 2, 1, 3, 4)
 
     def stage(self, i: int, x: Tensor) -> Tensor:
         return self.act(self.films[i](self.norms[i](self.ups[i](x))))
 
-    def last_stage(self, x: Tensor) -> Tensor:
-        """The last upsampling stage and the output conv. -> (B, C, T, H', W') in [-1, 1]"""
+    def last_stage(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        """The last upsampling stage [merged with the skip's features (B, sc, H, W)] and the output conv.
+        -> (B, C, T, H', W') in [-1, 1]"""
         if len(self.ups):
             x = self.stage(len(self.ups) - 1, x)
+        if skip is not None:
+            h, w = x.shape[-2:]  # the output grid is the frame's ceiling multiple: pad the frames' features to it
+            skip = F.pad(skip, (0, w - skip.shape[-1], 0, h - skip.shape[-2]))
+            skip = skip[:, :, None].expand(-1, -1, x.shape[2], -1, -1)
+            x = x + self.act(self.skip_norm(self.skip_merge(torch.cat([x, skip], 1))))
         return torch.tanh(self.out(x))

@@ -77,14 +77,20 @@ class WuBuGAADHybridGen(nn.Module):
         motion = self.motion(frames, flow) if self.motion is not None else None
         return self.encoder(frames, motion)
 
-    def decode(self, z: Tensor, context: Tensor | None = None, last: Tensor | None = None) -> Tensor:
-        """z -> frames (B, T_out, C, H, W) in [-1, 1]; the predict task takes the encoder's context features and, with
-        --predict_residual, the last context frame `last` (B, C, H, W), which the generator's output changes."""
-        out = self.generator(z, context if self.task == "predict" else None)
+    def decode(self, z: Tensor, context: Tensor | None = None, frames: Tensor | None = None) -> Tensor:
+        """z -> frames (B, T_out, C, H, W) in [-1, 1]; the predict task takes the encoder's context features and the
+        context frames (B, T_in, C, H, W): with --predict_residual the generator's output changes the last of them, with
+        --predict_skip_frames N the last N join its last stage."""
+        n_skip = self.generator.skip_frames if self.task == "predict" else 0
+        if (self.residual or n_skip) and frames is None:
+            raise ValueError("the predict task's generator reads the context frames: give `frames`")
+        if n_skip:
+            out = self.generator(z, context, frames[:, frames.shape[1] - n_skip:])
+        else:
+            out = self.generator(z, context if self.task == "predict" else None)
         if not self.residual:
             return out
-        if last is None:
-            raise ValueError("--predict_residual predicts a change from the last context frame: give `last`")
+        last = frames[:, -1]
         if self.warp:  # (B, T, C + 2, H, W): the change, then the flow in units of warp_scale
             c = last.shape[1]
             flow = out[:, :, c:].float() * self.warp_scale.float()[None, None, :, None, None]
@@ -105,7 +111,7 @@ class WuBuGAADHybridGen(nn.Module):
         enc, target = self.split(clip)
         mu, logvar, context = self.encode(enc, flow)
         z = self.reparameterize(mu, logvar, sample_posterior)
-        return VAEOutput(self.decode(z, context, clip[:, self.t_in - 1]), target, mu, logvar)
+        return VAEOutput(self.decode(z, context, clip[:, :self.t_in]), target, mu, logvar)
 
     @torch.no_grad()
     def sample(self, num: int, context_clip: Tensor | None = None, generator: torch.Generator | None = None,
@@ -113,15 +119,16 @@ class WuBuGAADHybridGen(nn.Module):
         """Unconditional samples from the prior, using the same GAAD boxes as training (they are static buffers).
         In the predict task a context clip (B, T_in, C, H, W) is required. -> (num, T_out, C, H, W)"""
         device = next(self.parameters()).device
-        context = last = None
+        context = frames = None
         if self.task == "predict":
             if context_clip is None:
                 raise ValueError("the predict task samples futures of a context clip: give context_clip")
-            _, _, context = self.encode(context_clip[:, :self.t_in])
-            last, num = context_clip[:, self.t_in - 1].to(device), context.shape[0]
+            frames = context_clip[:, :self.t_in].to(device)
+            _, _, context = self.encode(frames)
+            num = context.shape[0]
         if noise is None:
             noise = torch.randn((num, *self.latent_shape()), generator=generator, device=device)
-        return self.decode(noise.to(device), context, last)
+        return self.decode(noise.to(device), context, frames)
 
 
 def build_motion(m: ModelConfig, geo: FrameGeometry) -> nn.Module | None:
