@@ -84,6 +84,10 @@ def parse_row(name: str) -> tuple[str, dict]:
             over["_mem_budget"] = int(p[2:]) / 100
         elif p == "maps":  # the WuBu levels' hyperbolic part compiled once (--compile_wubu_maps), the rest eager
             over["compile_wubu_maps"] = True
+        elif p == "nocodes":  # no WuBu region codes (--region_codes none): what the codes cost
+            over["region_codes"] = "none"
+        elif p == "nofilm":  # no GAAD-region FiLM in the generator (--no-gen_region_film)
+            over["gen_region_film"] = False
         elif p == "noside":  # the WuBu region codes on the current stream (no --wubu_side_stream)
             over["wubu_side_stream"] = False
         elif p == "cwubu":  # compile only the WuBu stacks (the many small hyperbolic ops), convs stay eager

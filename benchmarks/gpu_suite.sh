@@ -32,10 +32,11 @@ for s in $sections; do
       # as it now ships (plain backbone, eager kernels, CUDA graphs), a repeat run for set-up, and larger batches for MFU
       [ -f .gpu/original/ref.py ] && one timeout 150 bash .gpu/original/run_launcher.sh | tee "$OUT/original.txt"
       # -b4: the issue's batch (the launcher preset's is 8 now; the call of 2026-12-02 ran these rows at 8 by mistake)
-      one timeout 240 python3 $B --json "$OUT/r2_rows.json" --rows \
-        launcher-bf16-b4,launcher-fp32-b4,launcher-bf16-b4-noside,launcher-bf16-b4-maps,launcher-bf16-b4-eager
+      # (the WuBu parts' cost: no region codes, no region FiLM); R2_ROWS overrides the first list
+      one timeout 200 python3 $B --json "$OUT/r2_rows.json" --rows \
+        ${R2_ROWS:-launcher-bf16-b4,launcher-fp32-b4,launcher-bf16-b4-nocodes,launcher-bf16-b4-nocodes-nofilm}
       one timeout 60 python3 $B --json "$OUT/r2_repeat.json" --rows launcher-bf16-b4
-      one timeout 150 python3 benchmarks/bench_step.py --steps 15 --warmup 6 --json "$OUT/r2_batch.json" --rows \
+      one timeout 180 python3 benchmarks/bench_step.py --steps 15 --warmup 6 --json "$OUT/r2_batch.json" --rows \
         launcher-bf16-b16,launcher-bf16-b32,launcher-bf16-b64 ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap
