@@ -196,7 +196,7 @@ for s in ${*:-sweep}; do
     predict_warp|predict_skip)  # at once on the card, compared at equal steps: the predict task as it was (the change
       # from the last context frame), with the warped last frame as the start (--predict_warp), its twin without the GAN
       # and with EMA weights; predict_skip: the last context frames at full resolution in the generator's last stage
-      # (--predict_skip_frames), alone, warped, with EMA weights; the phase plan in the background (NO_PHASES=1: none)
+      # (--predict_skip_frames), alone, with EMA weights, on a finer latent grid; the phase plan in the background (NO_PHASES=1: none)
       for split in train val; do python3 -m wubugen data inspect $D/$split --image_h 64 --image_w 64 >/dev/null; done
       [ -n "${NO_PHASES:-}" ] || phases_run > "$OUT/phases_section.txt" 2>&1 &
       timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_graphs.py \
@@ -205,9 +205,9 @@ for s in ${*:-sweep}; do
       declare -A flags=([residual]="" [warp]="--predict_warp" [warp_nogan]="--predict_warp --lambda_gan 0"
         [warp_ema]="--predict_warp --ema_decay 0.999" [skip2]="--predict_skip_frames 2"
         [skip2_warp]="--predict_skip_frames 2 --predict_warp" [skip2_ema]="--predict_skip_frames 2 --ema_decay 0.999"
-        [skip4]="--predict_skip_frames 4")
+        [skip4]="--predict_skip_frames 4" [skip2_ds2]="--predict_skip_frames 2 --latent_downsample 2")
       default="residual warp warp_nogan warp_ema"
-      [ $s = predict_skip ] && default="residual skip2 skip2_warp skip2_ema"
+      [ $s = predict_skip ] && default="residual skip2 skip2_ema skip2_ds2"
       runs=(); for r in ${PREDICT_RUNS:-$default}; do  # a subset: PREDICT_RUNS="warp warp_ema"
         runs+=(--run "$r=$P ${flags[$r]}"); done
       sweep predict "${SECONDS_PREDICT:-400}" $D "${runs[@]}"
