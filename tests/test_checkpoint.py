@@ -308,3 +308,14 @@ def test_config_stored_before_predict_residual_loads_as_it_was_built(tmp_path):
     assert ck.stored_config(ck.load_checkpoint(tmp_path)).model.predict_residual is False
     ck.save_checkpoint(tmp_path, 2, {"model": {"w": torch.zeros(1)}}, {}, {"config": cfg.to_dict()}, 3)
     assert ck.stored_config(ck.load_checkpoint(tmp_path)).model.predict_residual is True
+
+
+def test_config_stored_before_predict_skip_frames_loads_without_the_skip(tmp_path):
+    from wubugen.config import build_config
+
+    cfg = build_config("tiny", overrides={"task": "predict", "backbone": "wubu_gaad"})
+    stored = cfg.to_dict()
+    del stored["model"]["predict_skip_frames"]  # written before the skip existed: a generator without it
+    ck.save_checkpoint(tmp_path, 1, {"model": {"w": torch.zeros(1)}}, {}, {"config": stored}, 3)
+    assert ck.stored_config(ck.load_checkpoint(tmp_path)).model.predict_skip_frames == 0
+    assert cfg.model.predict_skip_frames == 2

@@ -138,8 +138,12 @@ def test_predict_skip_reads_the_last_frames_at_full_resolution():
     assert far.mean() < near.max() / 20
 
 
-def test_predict_skip_is_refused_where_it_has_no_meaning():
-    with pytest.raises(ConfigError, match="task predict"):
-        build_config("tiny", overrides={"predict_skip_frames": 1})
-    with pytest.raises(ConfigError, match="context frames"):
-        build_config("tiny", overrides={**PREDICT, "predict_skip_frames": 3})
+def test_predict_skip_takes_the_context_frames_there_are_and_is_the_predict_tasks_alone():
+    cfg = build_config("tiny", overrides={**PREDICT, "predict_skip_frames": 5})  # 2 context frames
+    assert build_model(cfg.model, cfg.geometry).generator.skip_frames == 2
+    cfg = build_config("tiny", overrides={**PREDICT, "predict_skip_frames": 0})
+    model = build_model(cfg.model, cfg.geometry)
+    assert model.generator.skip_frames == 0 and not hasattr(model.generator, "skip_in")
+    cfg = build_config("tiny", overrides={"predict_skip_frames": 2})  # reconstruct: no context frames to skip
+    model = build_model(cfg.model, cfg.geometry)
+    assert getattr(model.generator, "skip_frames", 0) == 0 and not hasattr(model.generator, "skip_in")

@@ -416,7 +416,7 @@ def load_checkpoint(
 
 # options added after checkpoints were written, whose default differs from what those runs did: a stored config
 # without the key was built with the value given here (section, key, value then)
-BEHAVIOUR_ADDED = (("model", "predict_residual", False),)
+BEHAVIOUR_ADDED = (("model", "predict_residual", False), ("model", "predict_skip_frames", 0))
 
 
 def stored_config(c: Checkpoint):

@@ -74,7 +74,8 @@ class Generator(nn.Module):
             self.norms.append(group_norm(chans[i + 1]))
             self.films.append(film(chans[i + 1], i + 1))
         self.act = nn.GELU()
-        self.skip_frames = m.predict_skip_frames if context_channels else 0
+        # the predict task's (the only one with context features): at most the context frames there are
+        self.skip_frames = min(m.predict_skip_frames, geo.input_frames) if context_channels else 0
         if self.skip_frames:
             # the skip's features once per clip at full resolution, then merged with the last stage's features of
             # every output frame (a (1, 3, 3) conv: the output conv's temporal kernel mixes the frames after it)
