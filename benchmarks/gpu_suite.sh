@@ -36,8 +36,8 @@ for s in $sections; do
       one timeout 200 python3 $B --json "$OUT/r2_rows.json" --rows \
         ${R2_ROWS:-launcher-bf16-b4,launcher-fp32-b4,launcher-bf16-b4-nocodes,launcher-bf16-b4-nocodes-nofilm}
       one timeout 60 python3 $B --json "$OUT/r2_repeat.json" --rows launcher-bf16-b4
-      one timeout 180 python3 benchmarks/bench_step.py --steps 15 --warmup 6 --json "$OUT/r2_batch.json" --rows \
-        launcher-bf16-b16,launcher-bf16-b32,launcher-bf16-b64 ;;
+      one timeout 150 python3 benchmarks/bench_step.py --steps 15 --warmup 6 --json "$OUT/r2_batch.json" --rows \
+        ${R2_BATCH:-launcher-bf16-b32,launcher-bf16-b64} ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap
          one timeout 300 python3 benchmarks/probe_copies.py --precision bf16 | tee "$OUT/copies_bf16.txt" ;;
