@@ -202,10 +202,11 @@ for s in ${*:-sweep}; do
       timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_graphs.py \
         -k "predict_warp or predict_skip" 2>&1 | tail -4 > "$OUT/gpu_tests.txt" &
       P="$SHIPPED --task predict --backbone wubu_gaad"
-      declare -A flags=([residual]="" [warp]="--predict_warp" [warp_nogan]="--predict_warp --lambda_gan 0"
+      declare -A flags=([residual]="--predict_skip_frames 0" [warp]="--predict_warp" [warp_nogan]="--predict_warp --lambda_gan 0"
         [warp_ema]="--predict_warp --ema_decay 0.999" [skip2]="--predict_skip_frames 2"
         [skip2_warp]="--predict_skip_frames 2 --predict_warp" [skip2_ema]="--predict_skip_frames 2 --ema_decay 0.999"
-        [skip4]="--predict_skip_frames 4" [skip2_ds2]="--predict_skip_frames 2 --latent_downsample 2")
+        [skip4]="--predict_skip_frames 4" [skip2_ds2]="--predict_skip_frames 2 --latent_downsample 2"
+        [recipe]="--ema_decay 0.999")  # recipe: the predict default (the skip since c418471) with EMA
       default="residual warp warp_nogan warp_ema"
       [ $s = predict_skip ] && default="residual skip2 skip2_ema skip2_ds2"
       runs=(); for r in ${PREDICT_RUNS:-$default}; do  # a subset: PREDICT_RUNS="warp warp_ema"
