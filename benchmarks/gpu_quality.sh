@@ -202,6 +202,8 @@ for s in ${*:-sweep}; do
       timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_graphs.py \
         -k "predict_warp or predict_skip" 2>&1 | tail -4 > "$OUT/gpu_tests.txt" &
       P="$SHIPPED --task predict --backbone wubu_gaad"
+      # since c418471 the skip is the predict default: every run has it unless its flags say --predict_skip_frames 0
+      # (calls 20-22's warp runs had none)
       declare -A flags=([residual]="--predict_skip_frames 0" [warp]="--predict_warp" [warp_nogan]="--predict_warp --lambda_gan 0"
         [warp_ema]="--predict_warp --ema_decay 0.999" [skip2]="--predict_skip_frames 2"
         [skip2_warp]="--predict_skip_frames 2 --predict_warp" [skip2_ema]="--predict_skip_frames 2 --ema_decay 0.999"

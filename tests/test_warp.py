@@ -147,3 +147,15 @@ def test_predict_skip_takes_the_context_frames_there_are_and_is_the_predict_task
     cfg = build_config("tiny", overrides={"predict_skip_frames": 2})  # reconstruct: no context frames to skip
     model = build_model(cfg.model, cfg.geometry)
     assert getattr(model.generator, "skip_frames", 0) == 0 and not hasattr(model.generator, "skip_in")
+
+
+def test_predict_skip_on_frames_that_are_not_a_multiple_of_the_latent_grid():
+    cfg = build_config("tiny", overrides={**PREDICT, "image_h": 30, "image_w": 26})
+    assert cfg.model.predict_skip_frames == 2  # the default
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.geometry).eval()
+    clip = random_clip(cfg, 2)
+    with torch.no_grad():
+        out = model(clip, sample_posterior=False)
+    assert out.recon.shape == (2, 3, 3, 30, 26)
+    assert (out.recon - clip[:, 1, None]).abs().mean() < 0.05
