@@ -13,7 +13,8 @@
 #   bash benchmarks/gpu_quality.sh candidates the launcher as shipped and its twin without codes, after the peer, alone
 #   bash benchmarks/gpu_quality.sh codes      the launcher's WuBu codes: second stream, current stream, compiled level maps
 #   bash benchmarks/gpu_quality.sh peer_alone / shipped_alone   the peer, or the launcher as shipped, alone for SECONDS_FINAL
-#                                             (600 s each does not fit one call: two calls on the same warm card)
+#                                             (600 s each does not fit one call: two calls on the same warm card;
+#                                             SIZE=256 for the launcher's own size)
 #   bash benchmarks/gpu_quality.sh final      the peer, then wubugen's recipe, each alone for SECONDS (equal GPU time)
 #   bash benchmarks/gpu_quality.sh alone      wubugen's recipe with RECIPE's changes alone for SECONDS_FINAL (no peer)
 #   bash benchmarks/gpu_quality.sh phases     the guide's phase plan end to end at 64x64 (shortened), prior samples
@@ -172,12 +173,19 @@ for s in ${*:-sweep}; do
       cp /tmp/side/side/samples/final_*.png "$OUT/side_samples.png" 2>/dev/null
       solo noside "${SECONDS_NOSIDE:-70}" --run "noside=$SHIPPED --no-compile_wubu --no-wubu_side_stream" ;;
     peer_alone)  # the peer alone for SECONDS_FINAL (its validation every 30 s): one half of a budget too long for one call
-      clips 64 $D; timeout $(( ${SECONDS_FINAL:-150} + 60 )) python3 .gpu/peer/peer_vae.py /tmp/clips64.npz "${SECONDS_FINAL:-150}" 1e-6 \
+      # (SIZE=256: the launcher's own size, .gpu/d256)
+      Z=${SIZE:-64}; F=$D; [ "$Z" = 256 ] && F=.gpu/d256
+      clips $Z $F; timeout $(( ${SECONDS_FINAL:-150} + 60 )) python3 .gpu/peer/peer_vae.py /tmp/clips$Z.npz "${SECONDS_FINAL:-150}" 1e-6 \
         | tee "$OUT/peer_alone.jsonl" ;;
     shipped_alone)  # the other half: the launcher preset as shipped, alone for SECONDS_FINAL, its samples and strips
-      solo shipped "${SECONDS_FINAL:-150}" --prebuild 64 --run "shipped=$SHIPPED"
+      # (SIZE=256: at its own size and batch, .gpu/d256)
+      if [ "${SIZE:-64}" = 256 ]; then
+        sweep shipped "${SECONDS_FINAL:-150}" .gpu/d256 --sequential --prebuild 256 --run "shipped=$SHIPPED256"
+      else
+        solo shipped "${SECONDS_FINAL:-150}" --prebuild 64 --run "shipped=$SHIPPED"
+      fi
       cp /tmp/shipped/shipped/samples/final_*.png "$OUT/shipped_samples.png" 2>/dev/null
-      cp -r /tmp/shipped/shipped/media "$OUT/shipped_media" 2>/dev/null ;;
+      cp /tmp/shipped/shipped/media/*.png "$OUT/" 2>/dev/null ;;
     final)
       with_peer final "${SECONDS_FINAL:-150}" --sequential --prebuild 64 --run "recipe=$NEW ${RECIPE:-}"
       cp /tmp/final/recipe/samples/final_*.png "$OUT/final_samples.png" 2>/dev/null
