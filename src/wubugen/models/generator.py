@@ -32,7 +32,7 @@ def global_grid(height: int, width: int) -> tuple[int, int, int]:
 
 class Generator(nn.Module):
     """z: (B, C_z, T_out, h, w) spatial or (B, latent_dim) global; context (B, C_e, h, w) in the predict task
-    [+ skip: the last predict_skip_frames context frames (B, N, C, H, W), --predict_skip_frames]
+    [+ the context frames (B, T_in, C, H, W), whose last predict_skip_frames join the last stage]
     -> frames (B, T_out, C + extra_out_channels, H, W) in [-1, 1] (the predict task's warp adds 2 flow channels)."""
 
     def __init__(self, m: ModelConfig, geo: FrameGeometry, context_channels: int = 0, extra_out_channels: int = 0):
@@ -88,7 +88,7 @@ class Generator(nn.Module):
         # capacity at the latent resolution, where 3-D convs are cheap (built last: earlier layers keep their init)
         self.res_blocks = nn.Sequential(*[ResBlock3d(chans[0], kt) for _ in range(m.gen_res_blocks)])
 
-    def forward(self, z: Tensor, context: Tensor | None = None, skip: Tensor | None = None) -> Tensor:
+    def forward(self, z: Tensor, context: Tensor | None = None, frames: Tensor | None = None) -> Tensor:
         if not self.spatial:
             h0, w0 = self.grid0
             z = self.expand(z).reshape(z.shape[0], -1, self.t_out, h0, w0)
@@ -100,12 +100,12 @@ class Generator(nn.Module):
         n = len(self.ups)
         for i in range(n - 1):
             x = self.stage(i, x)
+        skip = None
         if self.skip_frames:
-            if skip is None or skip.shape[1] != self.skip_frames:
-                raise ValueError(f"--predict_skip_frames: give the last {self.skip_frames} context frames as `skip`")
-            skip = self.skip_in(skip.flatten(1, 2).to(x.dtype))  # (B, N*C, H, W) -> (B, sc, H, W)
-        else:
-            skip = None
+            if frames is None or frames.shape[1] < self.skip_frames:
+                raise ValueError(f"--predict_skip_frames: give the context frames (at least {self.skip_frames})")
+            # the last N frames (B, N*C, H, W) -> (B, sc, H, W)
+            skip = self.skip_in(frames[:, -self.skip_frames:].flatten(1, 2).to(x.dtype))
         if self.checkpointing and torch.is_grad_enabled():
             # the full-resolution stage is recomputed in backward (nothing random in it)
             x = checkpoint(self.last_stage, x, skip, use_reentrant=False, preserve_rng_state=False)

@@ -81,13 +81,11 @@ class WuBuGAADHybridGen(nn.Module):
         """z -> frames (B, T_out, C, H, W) in [-1, 1]; the predict task takes the encoder's context features and the
         context frames (B, T_in, C, H, W): with --predict_residual the generator's output changes the last of them, with
         --predict_skip_frames N the last N join its last stage."""
-        n_skip = self.generator.skip_frames if self.task == "predict" else 0
-        if (self.residual or n_skip) and frames is None:
+        if self.task != "predict":
+            return self.generator(z)
+        if (self.residual or self.generator.skip_frames) and frames is None:
             raise ValueError("the predict task's generator reads the context frames: give `frames`")
-        if n_skip:
-            out = self.generator(z, context, frames[:, frames.shape[1] - n_skip:])
-        else:
-            out = self.generator(z, context if self.task == "predict" else None)
+        out = self.generator(z, context, frames)
         if not self.residual:
             return out
         last = frames[:, -1]
