@@ -57,3 +57,26 @@ def test_read_clip(tmp_path: Path) -> None:
     assert [round(float(f.float().mean()) / 10) for f in read_clip(path, cfg, num_frames=2, start=5)] == [5, 8]
     with pytest.raises(DecodeError, match="fewer than the 16 this clip needs"):
         read_clip(path, cfg, num_frames=6)
+
+
+@pytest.mark.parametrize("all_cores", [True, False])
+def test_decoders_never_use_frame_threads(all_cores: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frame threads log from their own threads while PyAV frees the decoder with the GIL held: a deadlock on a
+    corrupt file or an early stop. Whole-file and early-stopped decodes alike must ask for slice threads only."""
+    import av
+
+    frames = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    path = write_video(tmp_path / "noise.mp4", frames, 10)
+    opened: list = []
+    real_open = av.open
+
+    def spy(*args, **kwargs):
+        container = real_open(*args, **kwargs)
+        opened.append(container.streams.video[0])  # kept alive past the close, to read what the reader set
+        return container
+
+    monkeypatch.setattr(av, "open", spy)
+    assert len(list(read_video(path, FrameFormat(16, 16, 3, "stretch"), all_cores=all_cores))) == 8
+    assert len(list(read_video(path, FrameFormat(16, 16, 3, "stretch"), max_frames=2, all_cores=all_cores))) == 2
+    assert len(opened) == 2
+    assert [s.thread_type for s in opened] == [av.codec.context.ThreadType.SLICE] * 2

@@ -167,7 +167,7 @@ def get_or_build(
     *,
     min_frames: int = 1,
     lock: bool = False,
-    frame_threads: bool = True,
+    all_cores: bool = True,
 ) -> tuple[CacheEntry, bool]:
     """(entry, built_now). Decodes `source` into the cache unless an entry for `key` exists.
 
@@ -183,17 +183,17 @@ def get_or_build(
         entry = load_entry(path)  # another process may have built it while we waited
         if entry is not None:
             return entry, False
-        return _build(source, path, fmt, min_frames, frame_threads), True
+        return _build(source, path, fmt, min_frames, all_cores), True
 
 
-def _build(source: Source, path: Path, fmt: FrameFormat, min_frames: int, frame_threads: bool) -> CacheEntry:
+def _build(source: Source, path: Path, fmt: FrameFormat, min_frames: int, all_cores: bool) -> CacheEntry:
     props = SourceProps()
     diffs: list[float] = []
     prev: np.ndarray | None = None
     n = 0
     # streamed to a temporary file, renamed into place only once the whole source decoded (see wubugen.media)
     with atomic_output(path) as tmp, open(tmp, "wb") as f:
-        for frame in frame_reader(source, fmt, props, frame_threads=frame_threads):
+        for frame in frame_reader(source, fmt, props, all_cores=all_cores):
             chw = np.ascontiguousarray(frame.transpose(2, 0, 1))
             f.write(chw.tobytes())
             cur = chw.astype(np.int16)

@@ -223,14 +223,14 @@ def _prepare(sources: list[Source], root: str, fmt: FrameFormat, spec: WindowSpe
     lock = world_size > 1
     entries: dict[int, CacheEntry] = {}
     keys = [cache_key(c, fmt) for _, c in unique]
-    # FFmpeg's frame threads log from threads we cannot attribute, so they are used only when decoding a single file.
-    frame_threads = n == 1
+    # FFmpeg's worker threads log from threads we cannot attribute to a file, so they are used only for a single file.
+    all_cores = n == 1
     built = 0
 
     def work(i: int) -> tuple[int, CacheEntry | DecodeError, bool]:
         try:
             entry, now = get_or_build(unique[i][0], keys[i], fmt, d.cache_dir, min_frames=spec.span, lock=lock,
-                                      frame_threads=frame_threads)
+                                      all_cores=all_cores)
         except DecodeError as e:  # an unusable source: reported below, the others go on
             return i, e, False
         return i, entry, now

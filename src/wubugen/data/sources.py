@@ -58,11 +58,11 @@ class Discovery:
 
 
 def frame_reader(
-    source: Source, fmt: FrameFormat, props: SourceProps, *, max_frames: int | None = None, frame_threads: bool = True
+    source: Source, fmt: FrameFormat, props: SourceProps, *, max_frames: int | None = None, all_cores: bool = True
 ) -> Iterator[np.ndarray]:
     """The frames of `source` as (H, W, C) uint8 arrays, fitted to `fmt` (see video_io)."""
     if source.kind == "video":
-        return read_video(source.path, fmt, props, max_frames=max_frames, frame_threads=frame_threads)
+        return read_video(source.path, fmt, props, max_frames=max_frames, all_cores=all_cores)
     if source.kind == "frames":
         return read_frame_folder(source.files, fmt, props, max_frames=max_frames)
     return read_clip_array(source.path, fmt, props, max_frames=max_frames)

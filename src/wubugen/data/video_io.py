@@ -218,18 +218,18 @@ def read_video(
     props: SourceProps | None = None,
     *,
     max_frames: int | None = None,
-    frame_threads: bool = True,
+    all_cores: bool = True,
 ) -> Iterator[np.ndarray]:
     """Yield the frames of a video file as (fmt.height, fmt.width, fmt.channels) uint8 arrays.
 
-    `frame_threads`: decode with FFmpeg's frame threads (fast for one file). Their log lines cannot be told apart from
-    other threads', so callers decoding several files at once in threads pass False (slice threads only).
+    `all_cores`: this file decodes alone, so FFmpeg's slice threads and the scaler may use every core and log lines
+    from any thread count as this file's; callers decoding several files at once in threads pass False.
     Raises DecodeError for unreadable, corrupted (FFmpeg reports errors) or truncated input, and for zero frames.
     `max_frames`: stop after that many frames (the end-of-file checks are then skipped).
     """
     props = props if props is not None else SourceProps()
     n = 0
-    with ffmpeg_error_logging(), av.logging.Capture(local=not frame_threads) as logs:
+    with ffmpeg_error_logging(), av.logging.Capture(local=not all_cores) as logs:
         try:
             container = av.open(os.fspath(path), mode="r")
         except (av.error.FFmpegError, OSError) as e:
@@ -238,9 +238,11 @@ def read_video(
             if not container.streams.video:
                 raise DecodeError(path, "no video stream")
             stream = container.streams.video[0]
-            # Frame threads only for whole-file decodes: stopping early (max_frames) while frame threads still hold
-            # frames can deadlock FFmpeg's avcodec_free_context when the container closes (seen with PyAV 18).
-            stream.thread_type = "AUTO" if frame_threads and max_frames is None else "SLICE"
+            # Never frame threads: they decode ahead of us and log from their own threads, while PyAV frees a codec
+            # context (joining them) with the GIL held. A frame thread logging an error then waits for the GIL
+            # forever (PyAV 18: an early stop hung locally; a CI run hung in a bad-input test, where pytest-timeout
+            # could not fire either). Slice threads work only inside decode calls, which release the GIL.
+            stream.thread_type = "SLICE"
             cc = stream.codec_context
             props.codec = cc.name
             props.pix_fmt = cc.pix_fmt or ""
@@ -267,7 +269,7 @@ def read_video(
                     if frame.pts is not None:
                         first_pts = frame.pts if first_pts is None else min(first_pts, frame.pts)
                         last_pts = frame.pts if last_pts is None else max(last_pts, frame.pts)
-                    yield _convert_video_frame(frame, reformatter, fmt, props, frame_threads)
+                    yield _convert_video_frame(frame, reformatter, fmt, props, all_cores)
                     n += 1
                     if max_frames is not None and n >= max_frames:
                         return
@@ -307,7 +309,7 @@ def _check_complete(path, n: int, stream, container, first_pts, last_pts, props:
 
 
 def _convert_video_frame(
-    frame: av.VideoFrame, reformatter: VideoReformatter, fmt: FrameFormat, props: SourceProps, frame_threads: bool
+    frame: av.VideoFrame, reformatter: VideoReformatter, fmt: FrameFormat, props: SourceProps, all_cores: bool
 ) -> np.ndarray:
     rotation = frame.rotation  # counter-clockwise degrees the display matrix asks for (phone footage)
     k = 0
@@ -333,7 +335,7 @@ def _convert_video_frame(
         if is_gray:
             props.note("grayscale source replicated to 3 channels")
     img = reformatter.reformat(
-        frame, width=sw, height=sh, format=out_fmt, interpolation="AREA", threads=0 if frame_threads else 1
+        frame, width=sw, height=sh, format=out_fmt, interpolation="AREA", threads=0 if all_cores else 1
     ).to_ndarray()
     if has_alpha:
         img = _composite_over_black(img, props)
