@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_suite.sh [tests] [step] [compile] [mfu] [autotune] [motionraw] [scaling] [ddp] [loader]     (no argument: these)
 #   bash benchmarks/gpu_suite.sh round2      (issue 19: the original, then the launcher as shipped, set-up, batch rows)
 #   bash benchmarks/gpu_suite.sh profile     (issue 19: a kernel-by-kernel profile of the launcher's batch-4 step)
+#   bash benchmarks/gpu_suite.sh round3      (issue 19: fused norms, whole-player compilation, fp32 checkpointing; repeats)
 #   bash benchmarks/gpu_suite.sh kernels     (the fp32 output conv: taps against cuDNN alone and in the step; copies)
 #   bash benchmarks/gpu_suite.sh ddpscale ddpcurve     (issue 7, on a machine with 4 or 8 GPUs: DDP on 1, 2, 4, 8 GPUs)
 #
@@ -44,6 +45,14 @@ for s in $sections; do
       one timeout 240 python3 $B --json "$OUT/prof_rows.json" --profile /tmp/prof --rows \
         ${PROF_ROWS:-launcher-bf16-b4-eager,launcher-bf16-b4-nocodes-eager}
       (cd /tmp && tar czf "$OUT/prof.tgz" prof) ;;
+    round3)  # issue 19 after round2: the plain backbone's norm-FiLM-SiLU compiled alone (--compile_norms), fp32 with
+      # activation checkpointing (the memory bar), whole-player compilation; each compiled row again in a new process
+      # for the repeat-run set-up (inductor's caches under the cache dir). R3_ROWS overrides the first list
+      one timeout 240 python3 $B --json "$OUT/r3_rows.json" --rows \
+        ${R3_ROWS:-launcher-bf16-b4,launcher-bf16-b4-cnorm,launcher-fp32-b4-ckpt,launcher-fp32-b4-ckpt-cnorm}
+      one timeout 60 python3 $B --json "$OUT/r3_repeat.json" --rows launcher-bf16-b4-cnorm
+      one timeout 200 python3 $B --json "$OUT/r3_compile.json" --rows launcher-bf16-b4-compile
+      one timeout 60 python3 $B --json "$OUT/r3_compile_repeat.json" --rows launcher-bf16-b4-compile ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap
          one timeout 300 python3 benchmarks/probe_copies.py --precision bf16 | tee "$OUT/copies_bf16.txt" ;;
@@ -80,6 +89,6 @@ for s in $sections; do
       cp "$runs/n$w/metrics.jsonl" "$OUT/curve_n${w}xb4.jsonl"; cp "$runs/n1/metrics.jsonl" "$OUT/curve_n1xb$((4 * w)).jsonl"
       python3 benchmarks/ddp_report.py curves --out "$OUT/ddp_curves.png" "1xb$((4 * w))=$runs/n1/metrics.jsonl" \
         "${w}xb4=$runs/n$w/metrics.jsonl" | tee "$OUT/ddp_curves.md" ;;
-    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile)"; exit 2 ;;
+    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile round3)"; exit 2 ;;
   esac
 done

@@ -157,13 +157,15 @@ def test_returned_losses_are_not_overwritten_by_the_next_replay():
 @pytest.mark.parametrize("over", [
     {"compile": True},  # build_players compiles the step's players (and channels-last)
     {"compile_wubu_maps": True},  # only the WuBu levels' hyperbolic part, inside the captured eager step
+    {"compile_norms": True, "backbone": "plain"},  # only the plain backbone's norm-FiLM-SiLU, likewise
 ])
 def test_compiled_players_are_captured_and_train(over):
-    eager = make_runner(False)
+    eager = make_runner(False, **{k: v for k, v in over.items() if not k.startswith("compile")})
     compiled = make_runner(True, **over)
-    if "compile_wubu_maps" in over:
-        levels = [m for m in compiled.players.model.modules() if hasattr(m, "fused_maps")]
-        assert levels and all(lv.fused_maps for lv in levels)
+    for option, switch in (("compile_wubu_maps", "fused_maps"), ("compile_norms", "fused_norms")):
+        if option in over:
+            parts = [m for m in compiled.players.model.modules() if hasattr(m, switch)]
+            assert parts and all(getattr(m, switch) for m in parts)
     data = clips(eager, 6)
     out = {}
     for name, r in (("eager", eager), ("compiled", compiled)):

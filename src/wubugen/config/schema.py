@@ -372,6 +372,12 @@ class TrainConfig:
     compile_wubu_maps: bool = opt(
         False, "on CUDA, torch.compile the hyperbolic maps of the WuBu levels as one small shared function (fused "
         "kernels instead of about 550 per level; ignored with --compile or --compile_wubu)", group="speed")
+    # on CUDA, torch.compile of one function: the plain backbone's GroupNorm -> region FiLM -> SiLU after every conv
+    # (models/normact.py), shared by every block; eagerly memory-bound fp32 passes over full-resolution maps. Not yet
+    # timed on a GPU
+    compile_norms: bool = opt(
+        False, "on CUDA, torch.compile the plain backbone's GroupNorm, region FiLM and SiLU after each conv as one small "
+        "shared function (fused passes over the maps; the plain backbone only; ignored with --compile)", group="speed")
     # torch.compile mode: max-autotune-no-cudagraphs lets inductor time its own Triton convolution/matmul kernels against
     # cuDNN/cuBLAS per shape (much longer compilation); our CUDA graphs replace torch's, hence no reduce-overhead
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = opt(

@@ -79,10 +79,15 @@ class RegionFiLM(nn.Module):
         nn.init.normal_(self.net[-1].weight, std=1e-3)
         nn.init.zeros_(self.net[-1].bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        gamma, beta = self.net(self.masks).chunk(2, dim=1)  # (1, C, h, w) each
-        if x.dim() == 5:
+    def maps(self, dim: int) -> tuple[Tensor, Tensor]:
+        """(gamma, beta), each (1, C, h, w), or (1, C, 1, h, w) for 5-D maps (`dim`: the features' dims)."""
+        gamma, beta = self.net(self.masks).chunk(2, dim=1)
+        if dim == 5:
             gamma, beta = gamma[:, :, None], beta[:, :, None]
+        return gamma, beta
+
+    def forward(self, x: Tensor) -> Tensor:
+        gamma, beta = self.maps(x.dim())
         return x * (1 + gamma) + beta
 
 

@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from wubugen.config import FrameGeometry, ModelConfig
 from wubugen.models.layers import crop_to, group_norm, pad_to_grid, region_boxes, region_film
+from wubugen.models.normact import norm_film_act
 from wubugen.models.tapconv import TapConv3d
 
 
@@ -52,9 +53,15 @@ class PlainSpatialPath(nn.Module):
         layers = [_conv(geo.channels, ch[0])] + [_conv(ch[i], ch[i + 1], True) for i in range(len(ch) - 1)]
         layers.append(_conv(ch[-1], ch[-1]))
         self.body = nn.Sequential(*[nn.Sequential(c, group_norm(c.out_channels), nn.SiLU()) for c in layers])
+        self.fused_norms = False  # a runtime switch (--compile_norms: models/normact.py), not a model option
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.body(pad_to_grid(x, self.h, self.w, self.f))
+        x = pad_to_grid(x, self.h, self.w, self.f)
+        if not self.fused_norms:
+            return self.body(x)
+        for conv, norm, _act in self.body:
+            x = norm_film_act(conv(x), norm, None, True)
+        return x
 
 
 class PlainGenerator(nn.Module):
@@ -66,6 +73,7 @@ class PlainGenerator(nn.Module):
         super().__init__()
         self.height, self.width = geo.height, geo.width
         self.checkpointing = False  # a runtime switch (layers.set_activation_checkpointing), not a model option
+        self.fused_norms = False  # a runtime switch (--compile_norms: models/normact.py), not a model option
         ch = plain_widths(m)[::-1]
         self.expand = nn.Conv3d(m.latent_channels, ch[0], 1)
         self.convs = nn.ModuleList([_conv(ch[0], ch[0]), _conv(ch[0], ch[0])] + [
@@ -93,6 +101,8 @@ class PlainGenerator(nn.Module):
         return crop_to(x, self.height, self.width).transpose(1, 2)
 
     def block(self, i: int, x: Tensor) -> Tensor:
+        if self.fused_norms:
+            return norm_film_act(self.convs[i](x), self.norms[i], self.films[i], True)
         return self.act(self.films[i](self.norms[i](self.convs[i](x))))
 
     def last_stage(self, x: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from wubugen.config import Config, ConfigError
 from wubugen.eval.metrics import HIGHER_IS_BETTER
 from wubugen.models.discriminator import build_discriminator
 from wubugen.models.layers import set_activation_checkpointing, set_codes_stream
+from wubugen.models.normact import set_fused_norms
 from wubugen.models.vaegan import WuBuGAADHybridGen, build_model
 from wubugen.models.wubu import set_fused_maps
 from wubugen.train.distributed import DistInfo
@@ -99,8 +100,11 @@ def build_players(cfg: Config, device: torch.device, dist: DistInfo | None = Non
     # the WuBu stacks are compiled on CUDA only: on the CPU inductor's C++ build takes minutes, more than it saves
     wubu_compiled = t.compile_wubu and not t.compile and device.type == "cuda"
     maps_fused = t.compile_wubu_maps and not (t.compile or wubu_compiled) and device.type == "cuda"
-    if t.compile or wubu_compiled or maps_fused:
+    norms_fused = t.compile_norms and not t.compile and device.type == "cuda"
+    if t.compile or wubu_compiled or maps_fused or norms_fused:
         use_compile_cache(cfg.data.cache_dir)
+    if norms_fused:
+        set_fused_norms(model, True)
     if wubu_compiled:
         compile_wubu_stacks(model, t.compile_mode)
     if maps_fused:

@@ -1,0 +1,123 @@
+"""The plain backbone's fused GroupNorm -> region FiLM -> SiLU (--compile_norms, models/normact.py): the pure function
+against the modules in float64, the switch against the eager blocks (outputs and every gradient), CPU left eager."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import wubugen.models.normact as normact
+from wubugen.config import build_config
+from wubugen.inspect_cmd import random_clip, training_step_grads
+from wubugen.models.discriminator import build_discriminator
+from wubugen.models.layers import RegionFiLM, set_activation_checkpointing
+from wubugen.models.normact import group_norm_film_silu, norm_film_act, set_fused_norms
+from wubugen.models.vaegan import build_model
+from wubugen.train.players import build_players, players_from_modules
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("dim", [4, 5])
+@pytest.mark.parametrize("film", [False, True])
+def test_function_is_the_modules_in_float64(dim: int, film: bool) -> None:
+    g = torch.Generator().manual_seed(dim)
+    shape = (2, 16, 3, 6, 5) if dim == 5 else (2, 16, 6, 5)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    norm = nn.GroupNorm(8, 16).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=g)
+        norm.bias.normal_(0, 0.3, generator=g)
+    f = RegionFiLM(torch.rand(4, 6, 5, generator=g), 16, 32).double() if film else nn.Identity()
+    if film:
+        with torch.no_grad():
+            f.net[-1].weight.normal_(0, 0.5, generator=g)  # away from the identity it starts at
+    want = nn.functional.silu(f(norm(x)))
+    got = norm_film_act(x, norm, f, fused=False)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # by hand: per sample and group of 2 channels, over all other positions
+    xs = x.reshape(2, 8, -1)
+    ref = ((xs - xs.mean(-1, keepdim=True)) / (xs.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()).reshape(shape)
+    cshape = (1, 16) + (1,) * (dim - 2)
+    ref = ref * norm.weight.reshape(cshape) + norm.bias.reshape(cshape)
+    if film:
+        gamma, beta = f.maps(dim)
+        ref = ref * (1 + gamma) + beta
+    torch.testing.assert_close(group_norm_film_silu(x, norm.weight, norm.bias, 8, norm.eps, *(
+        f.maps(dim) if film else ())), ref * torch.sigmoid(ref), rtol=1e-10, atol=1e-10)
+
+
+def _step(cfg, fused: bool, ckpt: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    torch.manual_seed(0)
+    model, disc = build_model(cfg.model, cfg.geometry), build_discriminator(cfg.model, cfg.geometry)
+    assert set_fused_norms(model, fused) == 2  # the plain encoder path and the generator
+    set_activation_checkpointing(model, ckpt)
+    clip = random_clip(cfg, 2, torch.Generator().manual_seed(3))
+    torch.manual_seed(1)
+    training_step_grads(players_from_modules(cfg, CPU, model, disc), clip)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.eval()
+    with torch.no_grad():
+        out = model(clip).recon
+    return grads, out
+
+
+@pytest.mark.parametrize("ckpt", [False, True])
+@pytest.mark.parametrize("film", [True, False])
+def test_switch_keeps_outputs_and_every_gradient(film: bool, ckpt: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused blocks through torch.compile (aot_eager here: the traced graphs, without inductor's C++ build) give
+    the eager blocks' outputs and gradients, with and without activation checkpointing of the last stage."""
+    monkeypatch.setattr(normact, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(normact, "_FUSED", {})
+    calls = []
+    real = normact.norm_act_function
+
+    def spy(fused: bool):
+        calls.append(fused)
+        return real(fused)
+
+    monkeypatch.setattr(normact, "norm_act_function", spy)
+    cfg = build_config("tiny", overrides={"backbone": "plain", "gen_region_film": film, "image_h": 24, "image_w": 20,
+                                          "wubu_dropout": 0.0})
+    eager, out_eager = _step(cfg, False, ckpt)
+    assert calls == []
+    fused, out_fused = _step(cfg, True, ckpt)
+    assert calls and all(calls)
+    torch.testing.assert_close(out_fused, out_eager, rtol=1e-5, atol=1e-5)
+    assert fused.keys() == eager.keys()
+    for name in eager:
+        scale = eager[name].abs().max().item()
+        torch.testing.assert_close(fused[name], eager[name], rtol=1e-4, atol=1e-5 * max(scale, 1e-6), msg=name)
+
+
+def test_cpu_runs_stay_eager() -> None:
+    """On the CPU inductor's C++ build costs minutes: --compile_norms is a CUDA option (its help says so)."""
+    cfg = build_config("tiny", overrides={"backbone": "plain", "compile_norms": True})
+    players = build_players(cfg, CPU)
+    switches = [m.fused_norms for m in players.model.modules() if hasattr(m, "fused_norms")]
+    assert switches == [False, False]
+
+
+@pytest.mark.slow
+def test_inductor_twin_matches_eager(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What --compile_norms runs (inductor; here its CPU code, about a minute on a cold cache): one function for every
+    block, shapes of two sizes, with and without FiLM, forward and backward."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(normact, "_FUSED", {})
+    g = torch.Generator().manual_seed(0)
+    for shape, film in (((2, 16, 3, 8, 8), True), ((2, 32, 3, 4, 4), True), ((2, 16, 3, 8, 8), False)):
+        base = [torch.randn(*shape, generator=g), 1 + 0.1 * torch.randn(shape[1], generator=g),
+                0.1 * torch.randn(shape[1], generator=g)]
+        if film:
+            base += [0.1 * torch.randn(1, shape[1], 1, *shape[3:], generator=g),
+                     0.1 * torch.randn(1, shape[1], 1, *shape[3:], generator=g)]
+        out, grads = {}, {}
+        for fused in (False, True):
+            xs = [b.clone().requires_grad_() for b in base]
+            fn = normact.norm_act_function(fused)
+            o = fn(xs[0], xs[1], xs[2], 8, 1e-5, *xs[3:])
+            (o * o).sum().backward()
+            out[fused], grads[fused] = o, [x.grad for x in xs]
+        torch.testing.assert_close(out[True], out[False], rtol=1e-4, atol=1e-5)
+        for a, b in zip(grads[True], grads[False]):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
