@@ -262,3 +262,34 @@ def test_frame_folder_with_a_broken_image(tmp_path: Path) -> None:
         build_datasets(cfg_for(tmp_path, folder))
     assert str(e.value).startswith(f"{folder}: frame 00003.jpg is an unreadable image")
     assert cache_files(tmp_path) == []
+
+
+_DECODE_LOOP = """
+import sys
+import torch  # noqa: F401  (as in training: torch's thread pools beside FFmpeg's)
+from wubugen.data.video_io import DecodeError, FrameFormat, read_video
+for _ in range(300):
+    for f in sys.argv[1:]:
+        try:
+            for _frame in read_video(f, FrameFormat(16, 16, 3, "stretch"), all_cores=True):
+                pass
+        except DecodeError:
+            pass
+"""
+
+
+def test_damaged_files_decoded_in_a_loop_never_hang(broken) -> None:
+    """Frame-threaded decoding of damaged files deadlocked (a frame thread logging an error waited for the GIL that
+    PyAV held while freeing the decoder): with frame threads this test hung every time on a 2-core machine; with slice
+    threads it takes about 10 s. Three loops at once keep the cores busy; each must finish well inside its limit."""
+    import subprocess
+    import sys
+
+    files = [str(broken[k]) for k in ("corrupt", "no_frames", "truncated", "truncated_mkv")]
+    procs = [subprocess.Popen([sys.executable, "-c", _DECODE_LOOP, *files]) for _ in range(3)]
+    try:
+        codes = [p.wait(timeout=90) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert codes == [0, 0, 0]
