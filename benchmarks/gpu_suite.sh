@@ -43,7 +43,7 @@ for s in $sections; do
     profile)  # issue 19's next question: where the launcher's b4 step spends its GPU time, kernel by kernel (eager
       # steps: a replayed graph hides its kernels from the profiler); one archive (the device tool brings back 8 files)
       one timeout 240 python3 $B --json "$OUT/prof_rows.json" --profile /tmp/prof --rows \
-        ${PROF_ROWS:-launcher-bf16-b4-eager,launcher-bf16-b4-nocodes-eager}
+        ${PROF_ROWS:-launcher-bf16-b4-eager,launcher-bf16-b4-nocodes-eager,launcher-bf16-b4-cnorm-eager}
       (cd /tmp && tar czf "$OUT/prof.tgz" prof) ;;
     round3)  # issue 19 after round2: the plain backbone's norm-FiLM-SiLU compiled alone (--compile_norms), fp32 with
       # activation checkpointing (the memory bar), whole-player compilation; each compiled row again in a new process
