@@ -15,6 +15,7 @@
 #   bash benchmarks/gpu_quality.sh peer_alone / shipped_alone   the peer, or the launcher as shipped, alone for SECONDS_FINAL
 #                                             (600 s each does not fit one call: two calls on the same warm card;
 #                                             SIZE=256 for the launcher's own size)
+#   bash benchmarks/gpu_quality.sh pair       both of those at once, the peer on GPU 0 and wubugen on GPU 1 (nvidia-h200-x2)
 #   bash benchmarks/gpu_quality.sh final      the peer, then wubugen's recipe, each alone for SECONDS (equal GPU time)
 #   bash benchmarks/gpu_quality.sh alone      wubugen's recipe with RECIPE's changes alone for SECONDS_FINAL (no peer)
 #   bash benchmarks/gpu_quality.sh phases     the guide's phase plan end to end at 64x64 (shortened), prior samples
@@ -186,6 +187,22 @@ for s in ${*:-sweep}; do
       fi
       cp /tmp/shipped/shipped/samples/final_*.png "$OUT/shipped_samples.png" 2>/dev/null
       cp /tmp/shipped/shipped/media/*.png "$OUT/" 2>/dev/null ;;
+    pair)  # on a 2-GPU machine (device kind nvidia-h200-x2): peer_alone on GPU 0 and shipped_alone on GPU 1 at the same
+      # time, each for SECONDS_FINAL on its own card of one host: both halves of a budget too long for one call, in one
+      [ "$(nvidia-smi -L | wc -l)" -ge 2 ] || { echo "pair needs 2 GPUs (device kind nvidia-h200-x2)"; exit 2; }
+      Z=${SIZE:-64}; F=$D; [ "$Z" = 256 ] && F=.gpu/d256; S=${SECONDS_FINAL:-150}
+      clips $Z $F
+      CUDA_VISIBLE_DEVICES=0 timeout $(( S + 60 )) python3 .gpu/peer/peer_vae.py /tmp/clips$Z.npz "$S" 1e-6 \
+        > "$OUT/peer_alone.jsonl" 2> "$OUT/peer_alone_err.txt" &
+      PEER=$!
+      if [ "$Z" = 256 ]; then
+        ( export CUDA_VISIBLE_DEVICES=1; sweep shipped "$S" .gpu/d256 --sequential --prebuild 256 --run "shipped=$SHIPPED256" )
+      else
+        ( export CUDA_VISIBLE_DEVICES=1; solo shipped "$S" --prebuild 64 --run "shipped=$SHIPPED" )
+      fi
+      wait $PEER; tail -3 "$OUT/peer_alone.jsonl"
+      cp /tmp/shipped/shipped/samples/final_*.png "$OUT/shipped_samples.png" 2>/dev/null
+      cp /tmp/shipped/shipped/media/*.png "$OUT/" 2>/dev/null ;;
     final)
       with_peer final "${SECONDS_FINAL:-150}" --sequential --prebuild 64 --run "recipe=$NEW ${RECIPE:-}"
       cp /tmp/final/recipe/samples/final_*.png "$OUT/final_samples.png" 2>/dev/null
@@ -234,7 +251,7 @@ for s in ${*:-sweep}; do
         --peer_script .gpu/peer/peer_vae.py --run "launcher=$SHIPPED256"
       cp /tmp/r256/launcher/samples/final_*.png "$OUT/r256_samples.png" 2>/dev/null
       cp -r /tmp/r256/launcher/media "$OUT/r256_media" 2>/dev/null ;;
-    *) echo "unknown section $s (sweep generalise backbone bisect diagnose plain hybrid speed candidates codes codes_alone peer_alone shipped_alone final alone phases predict_phases predict_warp predict_skip r256)"; exit 2 ;;
+    *) echo "unknown section $s (sweep generalise backbone bisect diagnose plain hybrid speed candidates codes codes_alone peer_alone shipped_alone pair final alone phases predict_phases predict_warp predict_skip r256)"; exit 2 ;;
   esac
 done
 # the device tool brings back a limited number of files: everything but the text tables goes into one archive
