@@ -48,8 +48,9 @@ for s in $sections; do
     round3)  # issue 19 after round2: the plain backbone's norm-FiLM-SiLU compiled alone (--compile_norms), fp32 with
       # activation checkpointing (the memory bar), whole-player compilation; each compiled row again in a new process
       # for the repeat-run set-up (inductor's caches under the cache dir). R3_ROWS overrides the first list
-      one timeout 240 python3 $B --json "$OUT/r3_rows.json" --rows \
-        ${R3_ROWS:-launcher-bf16-b4,launcher-bf16-b4-cnorm,launcher-fp32-b4-ckpt,launcher-fp32-b4-ckpt-cnorm}
+      # (cnorm also puts the model's conv weights channels-last; -nocl keeps every layout as it was)
+      one timeout 300 python3 $B --json "$OUT/r3_rows.json" --rows \
+        ${R3_ROWS:-launcher-bf16-b4,launcher-bf16-b4-cnorm,launcher-bf16-b4-cnorm-nocl,launcher-fp32-b4-ckpt,launcher-fp32-b4-ckpt-cnorm}
       one timeout 60 python3 $B --json "$OUT/r3_repeat.json" --rows launcher-bf16-b4-cnorm
       one timeout 200 python3 $B --json "$OUT/r3_compile.json" --rows launcher-bf16-b4-compile
       one timeout 60 python3 $B --json "$OUT/r3_compile_repeat.json" --rows launcher-bf16-b4-compile ;;

@@ -121,3 +121,28 @@ def test_inductor_twin_matches_eager(tmp_path, monkeypatch: pytest.MonkeyPatch) 
         torch.testing.assert_close(out[True], out[False], rtol=1e-4, atol=1e-5)
         for a, b in zip(grads[True], grads[False]):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("compile_norms,backbone,want", [(True, "plain", True), (False, "plain", False),
+                                                        (True, "wubu_gaad", False)])
+def test_channels_last_weights_come_with_compiled_norms(compile_norms: bool, backbone: str, want: bool) -> None:
+    """On CUDA the compiled norms read channels-last maps as they are, so the model's conv weights go channels-last
+    with them (eager GroupNorm would copy every map: not with the wubu_gaad backbone, whose norms stay eager); D keeps
+    its layout. The layout decision is made on a CUDA device; the tensors here are CPU ones."""
+    from wubugen.train.speed import Precision, speed_layout
+
+    cfg = build_config("tiny", overrides={"backbone": backbone, "compile_norms": compile_norms})
+    model, disc = build_model(cfg.model, cfg.geometry), build_discriminator(cfg.model, cfg.geometry)
+    x = random_clip(cfg, 1, torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        torch.manual_seed(2)
+        before = model(x).recon
+    speed_layout(cfg, model, disc, torch.device("cuda"), Precision(torch.bfloat16, "cuda"))
+    convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv3d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in convs) == want
+    assert not any(w.is_contiguous(memory_format=torch.channels_last_3d) and not w.is_contiguous()
+                   for w in (m.weight for m in disc.modules() if isinstance(m, nn.Conv3d)))
+    with torch.no_grad():
+        torch.manual_seed(2)
+        torch.testing.assert_close(model(x).recon, before, rtol=1e-5, atol=1e-5)  # the layout, not the math

@@ -405,7 +405,9 @@ class TrainConfig:
         True, "on CUDA (one process, or --ddp_comm flat; not with --compile), run the WuBu region codes on a second "
         "stream beside the conv path: the same kernels, so the same model", group="speed")
     # frames channels-last on CUDA (and, when compiled, the conv weights too: no cuDNN layout conversions)
-    channels_last: bool = opt(True, "channels-last frames on CUDA (and conv weights when compiled)", group="speed")
+    channels_last: bool = opt(
+        True, "channels-last frames on CUDA (and conv weights when compiled, the model's with --compile_norms)",
+        group="speed")
     # in fp32 on CUDA, the generator's output conv (3 output channels, where cuDNN is slow) runs as a 1x1 conv and a
     # shifted sum over its kernel taps: the same function, 4.1 -> 2.3 ms forward + backward on an H100 (models/tapconv.py);
     # bf16 keeps cuDNN's kernel, faster there
