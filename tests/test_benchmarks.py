@@ -16,6 +16,7 @@ sys.path.insert(0, str(BENCH))
 
 import bench_memory  # noqa: E402
 import ddp_report  # noqa: E402
+import roofline  # noqa: E402
 import bench_step  # noqa: E402
 import wubu_ops  # noqa: E402
 
@@ -33,6 +34,8 @@ def test_row_names_parse_into_config_overrides():
     assert bench_step.parse_row("launcher-fp32-notap-mb50")[1] == {"precision": "fp32", "tap_convs": False,
                                                                    "_mem_budget": 0.5}
     assert bench_step.parse_row("launcher-bf16-b4-flat")[1] == {"precision": "bf16", "batch_size": 4, "ddp_comm": "flat"}
+    assert bench_step.parse_row("launcher-bf16-b4-cnorm-nocl")[1] == {"precision": "bf16", "batch_size": 4,
+                                                                      "compile_norms": True, "channels_last": False}
 
 
 def test_memory_probe_finds_the_live_blocks_at_the_peak():
@@ -133,3 +136,29 @@ def test_wubu_ops_counts_launching_operators_only():
     assert "view" not in hyper and ("mm" in hyper or "addmm" in hyper)
     assert sum(flat.values()) < sum(hyper.values())
     assert 0 < wubu_ops.level_ops(16, rows=8) < sum(hyper.values())
+
+
+def test_roofline_counts_the_step_s_flops_and_bytes(capsys):
+    """benchmarks/roofline.py: views move nothing, the backward's convolution work exceeds the forward's, twice the
+    batch is nearly twice the convolution work and traffic, and the table prints."""
+    import torch
+
+    from wubugen.inspect_cmd import random_clip
+    from wubugen.train.players import build_players
+
+    def stats(batch):
+        cfg = build_config("tiny", overrides={"batch_size": batch, "wubu_dropout": 0.0, "backbone": "plain"})
+        torch.manual_seed(0)
+        return roofline.count_step(build_players(cfg, torch.device("cpu")), random_clip(cfg, batch), bf16=False)
+
+    one, two = stats(1), stats(2)
+    assert "view" not in one and "transpose" not in one
+    assert one["convolution"][1] > 0 and one["convolution_backward"][1] > one["convolution"][1]
+    # nearly twice: the region FiLM's small convs over the GAAD masks do not grow with the batch
+    assert 1.8 < two["convolution"][1] / one["convolution"][1] <= 2
+    assert one["convolution"][2] < two["convolution"][2] < 2 * one["convolution"][2]  # weights: once per call
+    t = roofline.tensor_bytes([torch.zeros(4, 3), torch.zeros(2, dtype=torch.bfloat16)])
+    assert t == 4 * 3 * 4 + 2 * 2
+    assert roofline.main(["--preset", "tiny", "--batch", "1", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "floors: matrix work" in out and "convolution" in out
