@@ -5,15 +5,16 @@ bounds on the step's GPU time: all matrix work at the measured rate, and all mem
 as if nothing else ran. A measured step far above both is held back by kernel efficiency and the count of small
 kernels, not by the model's size. An estimate for planning, never a measured GPU time.
 
-usage: python benchmarks/roofline.py [--preset launcher] [--batch 4] [--bf16] [--set key=value ...]
-       [--tflops 784] [--tbps 4.0] [--top 25]
-(--bf16: CPU autocast in bfloat16, as the GPU's bf16 steps: convolutions read and write 2-byte tensors)
+Counted in fp32 (CPU autocast in bf16 took over 20 minutes on the 2-core machine): a bf16 step on the GPU moves
+less, its convolutions reading and writing 2-byte tensors, so its memory floor is lower still.
+
+usage: python benchmarks/roofline.py [--preset launcher] [--batch 4] [--set key=value ...] [--tflops 784] [--tbps 4.0]
+       [--top 25]
 """
 from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import sys
 from pathlib import Path
 
@@ -70,16 +71,16 @@ class OpCounter(TorchDispatchMode):
         return out
 
 
-def count_step(players, clip: torch.Tensor, bf16: bool) -> dict[str, list]:
+def count_step(players, clip: torch.Tensor) -> dict[str, list]:
+    """One step's passes in fp32, the adversarial term on when lambda_gan is (as after --gan_start_step)."""
     cfg = players.cfg
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     adv = cfg.train.lambda_gan > 0
-    players_forward_backward(players, clip, None, cfg.train.lambda_kl, adv, autocast=autocast)  # warm (lazy state)
+    players_forward_backward(players, clip, None, cfg.train.lambda_kl, adv)  # warm (lazy state)
     for p in players.g_params + players.d_params:
         p.grad = None
     counter = OpCounter()
     with counter:
-        players_forward_backward(players, clip, None, cfg.train.lambda_kl, adv, autocast=autocast)
+        players_forward_backward(players, clip, None, cfg.train.lambda_kl, adv)
     return counter.stats
 
 
@@ -87,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="launcher")
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--tflops", type=float, default=784.0, help="matrix rate, TFLOP/s (H200's measured bf16: 784)")
     ap.add_argument("--tbps", type=float, default=4.0, help="memory bandwidth, TB/s (H200: 4.8 peak)")
@@ -100,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = build_config(a.preset, overrides=over)
     torch.manual_seed(0)
     players = build_players(cfg, torch.device("cpu"))
-    stats = count_step(players, random_clip(cfg, a.batch, torch.Generator().manual_seed(0)), a.bf16)
+    stats = count_step(players, random_clip(cfg, a.batch, torch.Generator().manual_seed(0)))
     calls = sum(s[0] for s in stats.values())
     flops = sum(s[1] for s in stats.values())
     moved = sum(s[2] for s in stats.values())
     bw, rate = a.tbps * 1e12, a.tflops * 1e12
-    print(f"{a.preset}, batch {a.batch}, {'bf16 autocast' if a.bf16 else 'fp32'}: {calls} operators, "
+    print(f"{a.preset}, batch {a.batch}, fp32: {calls} operators, "
           f"{flops / 1e12:.3f} TFLOP, {moved / 1e9:.2f} GB moved")
     print(f"floors: matrix work {flops / rate * 1e3:.2f} ms at {a.tflops:g} TFLOP/s; memory traffic "
           f"{moved / bw * 1e3:.2f} ms at {a.tbps:g} TB/s")

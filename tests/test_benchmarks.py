@@ -149,7 +149,7 @@ def test_roofline_counts_the_step_s_flops_and_bytes(capsys):
     def stats(batch):
         cfg = build_config("tiny", overrides={"batch_size": batch, "wubu_dropout": 0.0, "backbone": "plain"})
         torch.manual_seed(0)
-        return roofline.count_step(build_players(cfg, torch.device("cpu")), random_clip(cfg, batch), bf16=False)
+        return roofline.count_step(build_players(cfg, torch.device("cpu")), random_clip(cfg, batch))
 
     one, two = stats(1), stats(2)
     assert "view" not in one and "transpose" not in one
