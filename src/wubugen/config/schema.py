@@ -372,12 +372,14 @@ class TrainConfig:
     compile_wubu_maps: bool = opt(
         False, "on CUDA, torch.compile the hyperbolic maps of the WuBu levels as one small shared function (fused "
         "kernels instead of about 550 per level; ignored with --compile or --compile_wubu)", group="speed")
-    # on CUDA, torch.compile of one function: the plain backbone's GroupNorm -> region FiLM -> SiLU after every conv
-    # (models/normact.py), shared by every block; eagerly memory-bound fp32 passes over full-resolution maps. Not yet
-    # timed on a GPU
+    # on CUDA, torch.compile of one function: the plain backbone's GroupNorm -> region FiLM -> SiLU after every conv and
+    # the spatio-temporal D's InstanceNorm -> FiLM -> LeakyReLU (models/normact.py), shared by every block; eagerly
+    # memory-bound fp32 passes over full-resolution maps (8 GB a launcher step, benchmarks/roofline.py). Not yet timed
+    # on a GPU
     compile_norms: bool = opt(
-        False, "on CUDA, torch.compile the plain backbone's GroupNorm, region FiLM and SiLU after each conv as one small "
-        "shared function (fused passes over the maps; the plain backbone only; ignored with --compile)", group="speed")
+        False, "on CUDA, torch.compile the norm, region FiLM and activation after each conv of the plain backbone and the "
+        "spatio-temporal D as one small shared function, and put those networks' conv weights channels-last (fused "
+        "passes over the maps; ignored with --compile)", group="speed")
     # torch.compile mode: max-autotune-no-cudagraphs lets inductor time its own Triton convolution/matmul kernels against
     # cuDNN/cuBLAS per shape (much longer compilation); our CUDA graphs replace torch's, hence no reduce-overhead
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = opt(
@@ -406,7 +408,7 @@ class TrainConfig:
         "stream beside the conv path: the same kernels, so the same model", group="speed")
     # frames channels-last on CUDA (and, when compiled, the conv weights too: no cuDNN layout conversions)
     channels_last: bool = opt(
-        True, "channels-last frames on CUDA (and conv weights when compiled, the model's with --compile_norms)",
+        True, "channels-last frames on CUDA (and conv weights when compiled, or with --compile_norms)",
         group="speed")
     # in fp32 on CUDA, the generator's output conv (3 output channels, where cuDNN is slow) runs as a 1x1 conv and a
     # shifted sum over its kernel taps: the same function, 4.1 -> 2.3 ms forward + backward on an H100 (models/tapconv.py);

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from wubugen.config import FrameGeometry, ModelConfig
 from wubugen.models.layers import RegionFiLM, masks_for, maybe_sn, region_boxes
+from wubugen.models.normact import norm_film_act
 from wubugen.models.roi import StaticRoIAlign
 
 
@@ -60,6 +61,7 @@ class SpatioTemporalDiscriminator(nn.Module):
             blocks.append(nn.Sequential(*layers))
             cin = cout
         self.blocks = nn.Sequential(*blocks)
+        self.fused_norms = False  # a runtime switch (--compile_norms: models/normact.py), not a model option
         self.t_final = t
         if self.patch_logits:
             self.head = maybe_sn(nn.Conv3d(cin, 1, (1, 3, 3), 1, (0, 1, 1)), sn)
@@ -69,7 +71,12 @@ class SpatioTemporalDiscriminator(nn.Module):
 
     def forward(self, clips: Tensor) -> Tensor:
         """clips (B, T, C, H, W) -> logits (B, 1), or (B, T' * h' * w') patch logits."""
-        x = self.blocks(clips.permute(0, 2, 1, 3, 4))  # (B, C, T, H, W)
+        x = clips.permute(0, 2, 1, 3, 4)  # (B, C, T, H, W)
+        if self.fused_norms:
+            for conv, norm, *rest in self.blocks:  # rest: [RegionFiLM,] LeakyReLU
+                x = norm_film_act(conv(x), norm, rest[0] if len(rest) == 2 else None, True, act="lrelu")
+        else:
+            x = self.blocks(x)
         if self.patch_logits:
             return self.head(x).flatten(1)
         return self.head(self.pool(x).flatten(1))

@@ -1,12 +1,14 @@
-"""GroupNorm -> GAAD-region FiLM -> SiLU, the plain backbone's post-conv step, as one pure function, and its
-torch.compile'd twin (`--compile_norms`).
+"""GroupNorm -> GAAD-region FiLM -> SiLU, the plain backbone's post-conv step (and InstanceNorm -> FiLM -> LeakyReLU,
+the spatio-temporal discriminator's), as one pure function, and its torch.compile'd twin (`--compile_norms`).
 
 Eagerly the step is five to seven kernels forward and more backward, each reading and writing the whole map in fp32
 (autocast runs GroupNorm in fp32): at full resolution memory-bound work, not math. Compiled, inductor fuses it into
 a reduction and one elementwise pass each way, and keeps less for the backward (it recomputes the cheap elementwise
 part instead of saving its outputs). The function is compiled once per process and shared by every block of every
-model (dynamic shapes: one graph with FiLM and one without, for training and again for validation's no-grad
-passes), so the set-up is a few small graphs, cached under --cache_dir.
+network (dynamic shapes: one graph per variant, with or without FiLM, per activation, for training and for
+validation's no-grad passes), so the set-up is a few small graphs, cached under --cache_dir. A compiled backward
+cannot be retained, which is why the adaptive GAN weight walks D's part of the graph once without retaining it
+(train/losses.py).
 """
 from __future__ import annotations
 
@@ -23,32 +25,44 @@ COMPILE_BACKEND = "inductor"
 _FUSED: dict[str, Callable] = {}
 
 
-def group_norm_film_silu(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float,
-                         gamma: Tensor | None = None, beta: Tensor | None = None) -> Tensor:
-    """SiLU(GroupNorm(x) * (1 + gamma) + beta), or SiLU(GroupNorm(x)) without FiLM. x (B, C, ...); gamma and beta
-    broadcast against it (RegionFiLM.maps: (1, C, 1, h, w) for 5-D maps). -> x's shape."""
+def group_norm_film_act(x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float,
+                        gamma: Tensor | None = None, beta: Tensor | None = None, act: str = "silu") -> Tensor:
+    """act(GroupNorm(x) * (1 + gamma) + beta), or act(GroupNorm(x)) without FiLM; act "silu" or "lrelu" (slope 0.2,
+    the discriminators'). x (B, C, ...); gamma and beta broadcast against it (RegionFiLM.maps: (1, C, 1, h, w) for 5-D
+    maps). groups == C is InstanceNorm (weight and bias None when it has no affine part). -> x's shape."""
     y = F.group_norm(x, groups, weight, bias, eps)
     if gamma is not None:
         y = y * (1 + gamma) + beta
-    return F.silu(y)
+    return F.silu(y) if act == "silu" else F.leaky_relu(y, 0.2)
 
 
 def norm_act_function(fused: bool) -> Callable:
     """The eager function, or its compiled twin (made on first use, shared by every block)."""
     if not fused:
-        return group_norm_film_silu
+        return group_norm_film_act
     if COMPILE_BACKEND not in _FUSED:
-        _FUSED[COMPILE_BACKEND] = torch.compile(group_norm_film_silu, backend=COMPILE_BACKEND, dynamic=True)
+        _FUSED[COMPILE_BACKEND] = torch.compile(group_norm_film_act, backend=COMPILE_BACKEND, dynamic=True)
     return _FUSED[COMPILE_BACKEND]
 
 
-def norm_film_act(x: Tensor, norm: nn.GroupNorm, film: nn.Module | None, fused: bool) -> Tensor:
-    """`film`: a RegionFiLM, or nn.Identity / None (no --gen_region_film). The same math as SiLU(film(norm(x)))."""
+def norm_groups(norm: nn.Module) -> int:
+    """GroupNorm's groups; InstanceNorm's channels (it is GroupNorm with one channel per group, when it keeps no
+    running statistics: then train and eval normalise alike)."""
+    if isinstance(norm, nn.GroupNorm):
+        return norm.num_groups
+    if isinstance(norm, nn.modules.instancenorm._InstanceNorm) and not norm.track_running_stats:
+        return norm.num_features
+    raise TypeError(f"no fused form of {type(norm).__name__}")
+
+
+def norm_film_act(x: Tensor, norm: nn.Module, film: nn.Module | None, fused: bool, act: str = "silu") -> Tensor:
+    """`norm`: a GroupNorm or InstanceNorm; `film`: a RegionFiLM, or nn.Identity / None (no region FiLM). The same
+    math as act(film(norm(x))) with SiLU or LeakyReLU(0.2)."""
     maps = film.maps(x.dim()) if hasattr(film, "maps") else (None, None)
-    return norm_act_function(fused)(x, norm.weight, norm.bias, norm.num_groups, norm.eps, *maps)
+    return norm_act_function(fused)(x, norm.weight, norm.bias, norm_groups(norm), norm.eps, *maps, act=act)
 
 
 def set_fused_norms(module: nn.Module, on: bool) -> int:
-    """Switch the plain backbone's blocks in `module` to the compiled function (a runtime switch: the same math,
-    inductor's float reordering aside). -> how many modules (the plain encoder path and generator)."""
+    """Switch the plain backbone's blocks and the spatio-temporal D's in `module` to the compiled function (a runtime
+    switch: the same math, inductor's float reordering aside). -> how many modules switched."""
     return set_runtime_switch(module, "fused_norms", on)

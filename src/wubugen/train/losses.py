@@ -148,7 +148,9 @@ class VAEGANLoss:
         backpropagated (loss scaling, accumulation). -> the terms with the weight and the total filled in."""
         rec_term = self.lambda_recon * g.recon
         rec_grad, = torch.autograd.grad(rec_term, recon, retain_graph=True)
-        adv_grad, = torch.autograd.grad(g.adv, recon, retain_graph=True)
+        # D's part of the graph is walked once, here, and not kept: a compiled D's backward (torch.compile donates its
+        # buffers) refuses to be retained; the backward below starts at recon and never enters it again
+        adv_grad, = torch.autograd.grad(g.adv, recon)
         w = adaptive_gan_weight(rec_grad, adv_grad, self.lambda_gan, self.adaptive_max) * self.gan_scale
         kl_term = lambda_kl * g.kl
         torch.autograd.backward([recon, scale(kl_term)], [scale(rec_grad + w.to(adv_grad.dtype) * adv_grad), None])

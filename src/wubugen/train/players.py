@@ -105,6 +105,7 @@ def build_players(cfg: Config, device: torch.device, dist: DistInfo | None = Non
         use_compile_cache(cfg.data.cache_dir)
     if norms_fused:
         set_fused_norms(model, True)
+        set_fused_norms(disc, True)
     if wubu_compiled:
         compile_wubu_stacks(model, t.compile_mode)
     if maps_fused:

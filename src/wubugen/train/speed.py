@@ -44,19 +44,22 @@ def resolve_precision(cfg: Config, device: torch.device) -> Precision:
 def speed_layout(cfg: Config, model: nn.Module, disc: nn.Module, device: torch.device, precision: Precision) -> None:
     """Kernel choices that leave the math alone, made once before DDP, EMA and the optimizers see the parameters:
     channels-last weights under torch.compile on CUDA (eagerly, GroupNorm's channels-last kernel made the step slower:
-    56.1 vs 46.3 ms bf16 on an H100, docs/benchmarks.md), and the model's alone under --compile_norms, and, in fp32 on
-    CUDA, the generator's output conv as taps."""
+    56.1 vs 46.3 ms bf16 on an H100, docs/benchmarks.md), those whose norms are compiled under --compile_norms, and,
+    in fp32 on CUDA, the generator's output conv as taps."""
     t = cfg.train
     if device.type != "cuda":
         return
     if t.channels_last and t.compile:
         to_channels_last(model)
         to_channels_last(disc)
-    elif t.channels_last and t.compile_norms and cfg.model.backbone == "plain":
+    elif t.channels_last and t.compile_norms:
         # the compiled norms (models/normact.py) read channels-last maps as they are, where eager GroupNorm copied them
-        # (the slowdown above), so the model's convolutions may take cuDNN's channels-last kernels; D, whose norms stay
-        # eager, keeps its layout
-        to_channels_last(model)
+        # (the slowdown above), so the convolutions of a network whose norms are all compiled may take cuDNN's
+        # channels-last kernels: the plain backbone's model, the spatio-temporal D; others keep their layout
+        if cfg.model.backbone == "plain":
+            to_channels_last(model)
+        if cfg.model.discriminator_type == "spatio_temporal_cnn":
+            to_channels_last(disc)
     if t.tap_convs and precision.dtype is None:
         set_tap_convs(model, True)
 
