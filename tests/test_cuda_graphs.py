@@ -157,14 +157,16 @@ def test_returned_losses_are_not_overwritten_by_the_next_replay():
 @pytest.mark.parametrize("over", [
     {"compile": True},  # build_players compiles the step's players (and channels-last)
     {"compile_wubu_maps": True},  # only the WuBu levels' hyperbolic part, inside the captured eager step
-    {"compile_norms": True, "backbone": "plain"},  # only the plain backbone's norm-FiLM-SiLU, likewise
+    # only the norm-FiLM-activation of the plain backbone and D, likewise (with the adaptive GAN weight through D)
+    {"compile_norms": True, "backbone": "plain", "gan_weighting": "adaptive", "gan_start_step": 0},
 ])
 def test_compiled_players_are_captured_and_train(over):
     eager = make_runner(False, **{k: v for k, v in over.items() if not k.startswith("compile")})
     compiled = make_runner(True, **over)
     for option, switch in (("compile_wubu_maps", "fused_maps"), ("compile_norms", "fused_norms")):
         if option in over:
-            parts = [m for m in compiled.players.model.modules() if hasattr(m, switch)]
+            nets = (compiled.players.model, compiled.players.disc)
+            parts = [m for net in nets for m in net.modules() if hasattr(m, switch)]
             assert parts and all(getattr(m, switch) for m in parts)
     data = clips(eager, 6)
     out = {}
