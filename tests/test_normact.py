@@ -175,3 +175,18 @@ def test_channels_last_weights_come_with_compiled_norms(compile_norms: bool, bac
     with torch.no_grad():
         torch.manual_seed(2)
         torch.testing.assert_close(model(x).recon, before, rtol=1e-5, atol=1e-5)  # the layout, not the math
+
+
+def test_posterior_noise_does_not_depend_on_the_layout() -> None:
+    """Channels-last weights make the latent maps channels-last; the posterior's noise is drawn in logical order, so a
+    run with --compile_norms samples what the same run without it samples (randn_like would follow the layout)."""
+    from wubugen.models.vaegan import WuBuGAADHybridGen
+
+    mu = torch.randn(2, 8, 3, 4, 5)
+    logvar = torch.randn(2, 8, 3, 4, 5)
+    torch.manual_seed(0)
+    plain = WuBuGAADHybridGen.reparameterize(mu, logvar)
+    torch.manual_seed(0)
+    cl = WuBuGAADHybridGen.reparameterize(mu.contiguous(memory_format=torch.channels_last_3d),
+                                          logvar.contiguous(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(cl, plain, rtol=0, atol=0)

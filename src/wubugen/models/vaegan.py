@@ -102,7 +102,9 @@ class WuBuGAADHybridGen(nn.Module):
     def reparameterize(mu: Tensor, logvar: Tensor, sample: bool = True) -> Tensor:
         if not sample:
             return mu
-        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        # randn, not randn_like: randn_like follows mu's memory layout, so channels-last maps (--compile_norms) would
+        # get the same numbers at other positions; this draws in logical order whatever the layout
+        return mu + torch.randn(mu.shape, dtype=mu.dtype, device=mu.device) * torch.exp(0.5 * logvar)
 
     def forward(self, clip: Tensor, flow: Tensor | None = None, sample_posterior: bool = True) -> VAEOutput:
         """clip (B, T_in + T_out, C, H, W) in [-1, 1]. Validation reconstructs from mu (sample_posterior=False)."""
