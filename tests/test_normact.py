@@ -12,7 +12,7 @@ from wubugen.config import build_config
 from wubugen.inspect_cmd import random_clip, training_step_grads
 from wubugen.models.discriminator import build_discriminator
 from wubugen.models.layers import RegionFiLM, set_activation_checkpointing
-from wubugen.models.normact import group_norm_film_act, norm_film_act, set_fused_norms
+from wubugen.models.normact import ACTIVATIONS, norm_film_act, set_fused_norms
 from wubugen.models.vaegan import build_model
 from wubugen.train.players import build_players, players_from_modules
 
@@ -55,8 +55,7 @@ def test_function_is_the_modules_in_float64(dim: int, film: bool, kind: str) -> 
         gamma, beta = f.maps(dim)
         ref = ref * (1 + gamma) + beta
     ref = ref * torch.sigmoid(ref) if act == "silu" else torch.where(ref > 0, ref, 0.2 * ref)
-    got = group_norm_film_act(x, norm.weight, norm.bias, groups, norm.eps, *(f.maps(dim) if film else (None, None)),
-                              act=act)
+    got = ACTIVATIONS[act](x, norm.weight, norm.bias, groups, norm.eps, *(f.maps(dim) if film else (None, None)))
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
 
 
@@ -95,9 +94,9 @@ def test_switch_keeps_outputs_and_every_gradient(film: bool, ckpt: bool, monkeyp
     calls = []
     real = normact.norm_act_function
 
-    def spy(fused: bool):
-        calls.append(fused)
-        return real(fused)
+    def spy(fused: bool, act: str = "silu"):
+        calls.append((fused, act))
+        return real(fused, act)
 
     monkeypatch.setattr(normact, "norm_act_function", spy)
     cfg = build_config("tiny", overrides={"backbone": "plain", "gen_region_film": film, "image_h": 24, "image_w": 20,
@@ -105,7 +104,7 @@ def test_switch_keeps_outputs_and_every_gradient(film: bool, ckpt: bool, monkeyp
     eager, out_eager, logits_eager = _step(cfg, False, ckpt)
     assert calls == []
     fused, out_fused, logits_fused = _step(cfg, True, ckpt)
-    assert calls and all(calls)
+    assert {c[1] for c in calls} == {"silu", "lrelu"} and all(c[0] for c in calls)
     torch.testing.assert_close(out_fused, out_eager, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(logits_fused, logits_eager, rtol=1e-5, atol=1e-5)
     assert fused.keys() == eager.keys() and any(k.startswith("disc.") for k in eager)
@@ -139,8 +138,8 @@ def test_inductor_twin_matches_eager(tmp_path, monkeypatch: pytest.MonkeyPatch) 
         out, grads = {}, {}
         for fused in (False, True):
             xs = [b.clone().requires_grad_() for b in base]
-            fn = normact.norm_act_function(fused)
-            o = fn(xs[0], xs[1], xs[2], 8, 1e-5, *(xs[3:] or [None, None]), act=act)
+            fn = normact.norm_act_function(fused, act)
+            o = fn(xs[0], xs[1], xs[2], 8, 1e-5, *(xs[3:] or [None, None]))
             (o * o).sum().backward()
             out[fused], grads[fused] = o, [x.grad for x in xs]
         torch.testing.assert_close(out[True], out[False], rtol=1e-4, atol=1e-5)

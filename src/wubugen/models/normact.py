@@ -22,27 +22,45 @@ from wubugen.models.layers import set_runtime_switch
 
 # torch.compile's backend for the fused twin; tests on the CPU set "aot_eager" (inductor's C++ build takes minutes)
 COMPILE_BACKEND = "inductor"
-_FUSED: dict[str, Callable] = {}
+_FUSED: dict[tuple[str, str], Callable] = {}
 
 
-def group_norm_film_act(x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float,
-                        gamma: Tensor | None = None, beta: Tensor | None = None, act: str = "silu") -> Tensor:
-    """act(GroupNorm(x) * (1 + gamma) + beta), or act(GroupNorm(x)) without FiLM; act "silu" or "lrelu" (slope 0.2,
-    the discriminators'). x (B, C, ...); gamma and beta broadcast against it (RegionFiLM.maps: (1, C, 1, h, w) for 5-D
-    maps). groups == C is InstanceNorm (weight and bias None when it has no affine part). -> x's shape."""
+def _norm_film(x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float,
+               gamma: Tensor | None, beta: Tensor | None) -> Tensor:
     y = F.group_norm(x, groups, weight, bias, eps)
     if gamma is not None:
         y = y * (1 + gamma) + beta
-    return F.silu(y) if act == "silu" else F.leaky_relu(y, 0.2)
+    return y
 
 
-def norm_act_function(fused: bool) -> Callable:
-    """The eager function, or its compiled twin (made on first use, shared by every block)."""
+def group_norm_film_silu(x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float,
+                         gamma: Tensor | None = None, beta: Tensor | None = None) -> Tensor:
+    """SiLU(GroupNorm(x) * (1 + gamma) + beta), or SiLU(GroupNorm(x)) without FiLM (gamma None). x (B, C, ...); gamma
+    and beta broadcast against it (RegionFiLM.maps: (1, C, 1, h, w) for 5-D maps). -> x's shape."""
+    return F.silu(_norm_film(x, weight, bias, groups, eps, gamma, beta))
+
+
+def group_norm_film_lrelu(x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float,
+                          gamma: Tensor | None = None, beta: Tensor | None = None) -> Tensor:
+    """The same with LeakyReLU(0.2), the discriminators'; groups == C is InstanceNorm (weight and bias None when it
+    has no affine part)."""
+    return F.leaky_relu(_norm_film(x, weight, bias, groups, eps, gamma, beta), 0.2)
+
+
+# one function per activation: dynamo keeps its compiled variants (FiLM or not, grad mode, which inputs need grad)
+# per code object, up to its recompile limit, so the model's and D's variants do not crowd each other out
+ACTIVATIONS: dict[str, Callable] = {"silu": group_norm_film_silu, "lrelu": group_norm_film_lrelu}
+
+
+def norm_act_function(fused: bool, act: str = "silu") -> Callable:
+    """The eager function for `act`, or its compiled twin (made on first use, shared by every block)."""
+    fn = ACTIVATIONS[act]
     if not fused:
-        return group_norm_film_act
-    if COMPILE_BACKEND not in _FUSED:
-        _FUSED[COMPILE_BACKEND] = torch.compile(group_norm_film_act, backend=COMPILE_BACKEND, dynamic=True)
-    return _FUSED[COMPILE_BACKEND]
+        return fn
+    key = (COMPILE_BACKEND, act)
+    if key not in _FUSED:
+        _FUSED[key] = torch.compile(fn, backend=COMPILE_BACKEND, dynamic=True)
+    return _FUSED[key]
 
 
 def norm_groups(norm: nn.Module) -> int:
@@ -59,7 +77,7 @@ def norm_film_act(x: Tensor, norm: nn.Module, film: nn.Module | None, fused: boo
     """`norm`: a GroupNorm or InstanceNorm; `film`: a RegionFiLM, or nn.Identity / None (no region FiLM). The same
     math as act(film(norm(x))) with SiLU or LeakyReLU(0.2)."""
     maps = film.maps(x.dim()) if hasattr(film, "maps") else (None, None)
-    return norm_act_function(fused)(x, norm.weight, norm.bias, norm_groups(norm), norm.eps, *maps, act=act)
+    return norm_act_function(fused, act)(x, norm.weight, norm.bias, norm_groups(norm), norm.eps, *maps)
 
 
 def set_fused_norms(module: nn.Module, on: bool) -> int:
