@@ -1,10 +1,11 @@
 """GroupNorm -> GAAD-region FiLM -> SiLU, the plain backbone's post-conv step (and InstanceNorm -> FiLM -> LeakyReLU,
-the spatio-temporal discriminator's), as one pure function, and its torch.compile'd twin (`--compile_norms`).
+the spatio-temporal discriminator's), as pure functions, one per activation, and their torch.compile'd twins
+(`--compile_norms`).
 
 Eagerly the step is five to seven kernels forward and more backward, each reading and writing the whole map in fp32
 (autocast runs GroupNorm in fp32): at full resolution memory-bound work, not math. Compiled, inductor fuses it into
 a reduction and one elementwise pass each way, and keeps less for the backward (it recomputes the cheap elementwise
-part instead of saving its outputs). The function is compiled once per process and shared by every block of every
+part instead of saving its outputs). Each function is compiled once per process and shared by every block of every
 network (dynamic shapes: one graph per variant, with or without FiLM, per activation, for training and for
 validation's no-grad passes), so the set-up is a few small graphs, cached under --cache_dir. A compiled backward
 cannot be retained, which is why the adaptive GAN weight walks D's part of the graph once without retaining it
