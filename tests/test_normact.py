@@ -128,8 +128,10 @@ def test_inductor_twin_matches_eager(tmp_path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(normact, "_FUSED", {})
     g = torch.Generator().manual_seed(0)
-    for shape, film, act in (((2, 16, 3, 8, 8), True, "silu"), ((2, 32, 3, 4, 4), True, "silu"),
-                             ((2, 16, 3, 8, 8), False, "silu"), ((2, 16, 3, 8, 8), False, "lrelu")):
+    # groups 8 (GroupNorm) and groups == channels (InstanceNorm, D: the group count changes with the width)
+    for shape, film, act, groups in (((2, 16, 3, 8, 8), True, "silu", 8), ((2, 32, 3, 4, 4), True, "silu", 8),
+                                     ((2, 16, 3, 8, 8), False, "silu", 8), ((2, 16, 3, 8, 8), False, "lrelu", 16),
+                                     ((2, 32, 3, 4, 4), True, "lrelu", 32)):
         base = [torch.randn(*shape, generator=g), 1 + 0.1 * torch.randn(shape[1], generator=g),
                 0.1 * torch.randn(shape[1], generator=g)]
         if film:
@@ -139,7 +141,7 @@ def test_inductor_twin_matches_eager(tmp_path, monkeypatch: pytest.MonkeyPatch) 
         for fused in (False, True):
             xs = [b.clone().requires_grad_() for b in base]
             fn = normact.norm_act_function(fused, act)
-            o = fn(xs[0], xs[1], xs[2], 8, 1e-5, *(xs[3:] or [None, None]))
+            o = fn(xs[0], xs[1], xs[2], groups, 1e-5, *(xs[3:] or [None, None]))
             (o * o).sum().backward()
             out[fused], grads[fused] = o, [x.grad for x in xs]
         torch.testing.assert_close(out[True], out[False], rtol=1e-4, atol=1e-5)
