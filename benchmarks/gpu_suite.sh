@@ -47,13 +47,14 @@ for s in $sections; do
       (cd /tmp && tar czf "$OUT/prof.tgz" prof) ;;
     round3)  # issue 19 after round2: the plain backbone's norm-FiLM-SiLU compiled alone (--compile_norms), fp32 with
       # activation checkpointing (the memory bar), whole-player compilation; each compiled row again in a new process
-      # for the repeat-run set-up (inductor's caches under the cache dir). R3_ROWS overrides the first list
+      # for the repeat-run set-up (inductor's caches under the cache dir). R3_ROWS overrides the first list. The
+      # timeouts add up to 540 s: the section fits one device call (600 s) with its set-up
       # (cnorm also puts the model's conv weights channels-last; -nocl keeps every layout as it was)
-      one timeout 300 python3 $B --json "$OUT/r3_rows.json" --rows \
+      one timeout 270 python3 $B --json "$OUT/r3_rows.json" --rows \
         ${R3_ROWS:-launcher-bf16-b4,launcher-bf16-b4-cnorm,launcher-bf16-b4-cnorm-nocl,launcher-fp32-b4-ckpt,launcher-fp32-b4-ckpt-cnorm}
-      one timeout 60 python3 $B --json "$OUT/r3_repeat.json" --rows launcher-bf16-b4-cnorm
-      one timeout 200 python3 $B --json "$OUT/r3_compile.json" --rows launcher-bf16-b4-compile
-      one timeout 60 python3 $B --json "$OUT/r3_compile_repeat.json" --rows launcher-bf16-b4-compile ;;
+      one timeout 50 python3 $B --json "$OUT/r3_repeat.json" --rows launcher-bf16-b4-cnorm
+      one timeout 170 python3 $B --json "$OUT/r3_compile.json" --rows launcher-bf16-b4-compile
+      one timeout 50 python3 $B --json "$OUT/r3_compile_repeat.json" --rows launcher-bf16-b4-compile ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap
          one timeout 300 python3 benchmarks/probe_copies.py --precision bf16 | tee "$OUT/copies_bf16.txt" ;;
