@@ -84,7 +84,7 @@ def parse_row(name: str) -> tuple[str, dict]:
             over["_mem_budget"] = int(p[2:]) / 100
         elif p == "maps":  # the WuBu levels' hyperbolic part compiled once (--compile_wubu_maps), the rest eager
             over["compile_wubu_maps"] = True
-        elif p == "cnorm":  # the plain backbone's GroupNorm -> FiLM -> SiLU compiled as one function (--compile_norms)
+        elif p == "cnorm":  # the norm -> FiLM -> activation of the plain backbone and D compiled (--compile_norms)
             over["compile_norms"] = True
         elif p == "nocodes":  # no WuBu region codes (--region_codes none): what the codes cost
             over["region_codes"] = "none"

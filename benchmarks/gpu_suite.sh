@@ -45,11 +45,11 @@ for s in $sections; do
       one timeout 240 python3 $B --json "$OUT/prof_rows.json" --profile /tmp/prof --rows \
         ${PROF_ROWS:-launcher-bf16-b4-eager,launcher-bf16-b4-nocodes-eager,launcher-bf16-b4-cnorm-eager}
       (cd /tmp && tar czf "$OUT/prof.tgz" prof) ;;
-    round3)  # issue 19 after round2: the plain backbone's norm-FiLM-SiLU compiled alone (--compile_norms), fp32 with
+    round3)  # issue 19 after round2: the norm-FiLM-activation of the plain backbone and D compiled (--compile_norms), fp32 with
       # activation checkpointing (the memory bar), whole-player compilation; each compiled row again in a new process
       # for the repeat-run set-up (inductor's caches under the cache dir). R3_ROWS overrides the first list. The
       # timeouts add up to 540 s: the section fits one device call (600 s) with its set-up
-      # (cnorm also puts the model's conv weights channels-last; -nocl keeps every layout as it was)
+      # (cnorm also puts the conv weights of the model and D channels-last; -nocl keeps every layout as it was)
       one timeout 270 python3 $B --json "$OUT/r3_rows.json" --rows \
         ${R3_ROWS:-launcher-bf16-b4,launcher-bf16-b4-cnorm,launcher-bf16-b4-cnorm-nocl,launcher-fp32-b4-ckpt,launcher-fp32-b4-ckpt-cnorm}
       one timeout 50 python3 $B --json "$OUT/r3_repeat.json" --rows launcher-bf16-b4-cnorm
