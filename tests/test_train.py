@@ -293,6 +293,22 @@ def test_predict_task_reports_the_copy_last_frame_baseline(tmp_path, cache, caps
     assert result["clips"] > 0 and result["copy_last_frame"]["avg_val_psnr"] > 0
 
 
+def test_compiled_players_are_kept_as_the_step_s_modules():
+    """torch.compile's wrapper proxies len() to the module in torch 2.14 (a TypeError for ours), so choosing the
+    step's modules by truth value (`model_step or model`) crashed every --compile run before its first step."""
+    from wubugen.models.discriminator import build_discriminator
+    from wubugen.models.vaegan import build_model
+    from wubugen.train.players import players_from_modules
+
+    cfg = build_config("tiny")
+    model, disc = build_model(cfg.model, cfg.geometry), build_discriminator(cfg.model, cfg.geometry)
+    m_step, d_step, frozen = torch.compile(model), torch.compile(disc), torch.compile(disc)  # lazy: nothing compiles
+    p = players_from_modules(cfg, torch.device("cpu"), model, disc, m_step, d_step, frozen)
+    assert p.model_step is m_step and p.disc_step is d_step and p.frozen_disc is frozen
+    plain = players_from_modules(cfg, torch.device("cpu"), model, disc)
+    assert plain.model_step is model and plain.disc_step is disc and plain.frozen_disc is disc
+
+
 @pytest.mark.slow
 def test_compiled_training_runs_and_saves_plain_weight_names(tmp_path, cache):
     run = tmp_path / "run"

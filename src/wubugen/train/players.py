@@ -154,6 +154,9 @@ def players_from_modules(cfg: Config, device: torch.device, model: WuBuGAADHybri
     t = cfg.train
     opt_g = build_optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], t.learning_rate_gen, t)
     opt_d = build_optimizer(t.optimizer, list(disc.parameters()), t.learning_rate_disc, t)
-    return Players(cfg, device, precision or resolve_precision(cfg, device), model, disc, model_step or model,
-                   disc_step or disc, frozen_disc or disc, opt_g, opt_d, VAEGANLoss(cfg, device),
+    # `is None`, not `or`: a compiled module's truth value calls its __len__, which torch 2.14 proxies to the module
+    # (a TypeError for ours)
+    return Players(cfg, device, precision or resolve_precision(cfg, device), model, disc,
+                   model if model_step is None else model_step, disc if disc_step is None else disc_step,
+                   disc if frozen_disc is None else frozen_disc, opt_g, opt_d, VAEGANLoss(cfg, device),
                    EMA(model, t.ema_decay, t.ema_warmup) if t.ema_decay > 0 else None)
