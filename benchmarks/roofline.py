@@ -30,11 +30,9 @@ from wubugen.inspect_cmd import random_clip  # noqa: E402
 from wubugen.train.players import build_players  # noqa: E402
 from wubugen.train.step import players_forward_backward  # noqa: E402
 
-# operators that return views (no data moved)
-VIEWS = {"view", "_unsafe_view", "reshape", "transpose", "permute", "expand", "select", "slice", "unsqueeze",
-         "squeeze", "t", "as_strided", "detach", "alias", "split", "split_with_sizes", "chunk", "unbind", "narrow",
-         "lift_fresh", "_reshape_alias", "unfold", "diagonal", "expand_as"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from wubu_ops import METADATA  # noqa: E402  (views and metadata-only operators: no data moved)
 
 def tensor_bytes(values) -> int:
     """Bytes of the distinct tensors among `values` (a tensor passed twice counts once)."""
@@ -59,7 +57,7 @@ class OpCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = func.overloadpacket.__name__
-        if name in VIEWS:
+        if name in METADATA:
             return out
         flops = 0
         if func.overloadpacket in flop_registry:

@@ -30,7 +30,7 @@ from wubugen.models.vaegan import build_model  # noqa: E402
 METADATA = {"view", "_unsafe_view", "t", "expand", "permute", "transpose", "unsqueeze", "squeeze", "select", "slice",
             "as_strided", "alias", "detach", "reshape", "unflatten", "flatten", "split", "chunk", "unbind", "narrow",
             "split_with_sizes", "lift_fresh", "empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided",
-            "is_same_size", "_to_copy_noop", "diagonal", "movedim", "expand_as", "view_as"}
+            "is_same_size", "_to_copy_noop", "diagonal", "movedim", "expand_as", "view_as", "unfold", "_reshape_alias"}
 
 
 class OpCounter(TorchDispatchMode):

@@ -54,12 +54,12 @@ def speed_layout(cfg: Config, model: nn.Module, disc: nn.Module, device: torch.d
         to_channels_last(disc)
     elif t.channels_last and t.compile_norms:
         # the compiled norms (models/normact.py) read channels-last maps as they are, where eager GroupNorm copied them
-        # (the slowdown above), so the convolutions of a network whose norms are all compiled may take cuDNN's
-        # channels-last kernels: the plain backbone's model, the spatio-temporal D; others keep their layout
-        if cfg.model.backbone == "plain":
-            to_channels_last(model)
-        if cfg.model.discriminator_type == "spatio_temporal_cnn":
-            to_channels_last(disc)
+        # (the slowdown above), so the convolutions of a network whose norms --compile_norms compiles (it has the
+        # switch: the plain backbone's model, the spatio-temporal D) may take cuDNN's channels-last kernels; others
+        # keep their layout
+        for net in (model, disc):
+            if any(hasattr(m, "fused_norms") for m in net.modules()):
+                to_channels_last(net)
     if t.tap_convs and precision.dtype is None:
         set_tap_convs(model, True)
 
