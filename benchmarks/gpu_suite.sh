@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_suite.sh round2      (issue 19: the original, then the launcher as shipped, set-up, batch rows)
 #   bash benchmarks/gpu_suite.sh profile     (issue 19: a kernel-by-kernel profile of the launcher's batch-4 step)
 #   bash benchmarks/gpu_suite.sh round3      (issue 19: fused norms, whole-player compilation, fp32 checkpointing; repeats)
+#   bash benchmarks/gpu_suite.sh round4      (issue 19: the original, then whole-player compilation in fp32 and at batch 32)
 #   bash benchmarks/gpu_suite.sh kernels     (the fp32 output conv: taps against cuDNN alone and in the step; copies)
 #   bash benchmarks/gpu_suite.sh ddpscale ddpcurve     (issue 7, on a machine with 4 or 8 GPUs: DDP on 1, 2, 4, 8 GPUs)
 #
@@ -20,6 +21,12 @@ set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+# the GPU image lacks tomli-w (the config loader's) and PyAV: carried wheels (.whl) go into a site of their own once
+site=/tmp/wubugen_site
+if ! python3 -c "import tomli_w" 2>/dev/null && [ -d .whl ]; then
+  [ -d "$site" ] || python3 -m pip install --quiet --no-index --no-deps --target "$site" .whl/*.whl
+  export PYTHONPATH="$PYTHONPATH:$site"
+fi
 OUT=${OUT:-bench_out}
 mkdir -p "$OUT"
 sections=${*:-tests step compile mfu autotune motionraw scaling ddp loader}
@@ -55,6 +62,14 @@ for s in $sections; do
       one timeout 50 python3 $B --json "$OUT/r3_repeat.json" --rows launcher-bf16-b4-cnorm
       one timeout 170 python3 $B --json "$OUT/r3_compile.json" --rows launcher-bf16-b4-compile
       one timeout 50 python3 $B --json "$OUT/r3_compile_repeat.json" --rows launcher-bf16-b4-compile ;;
+    round4)  # issue 19 after round3 (call 28: --compile was the fastest step, 23.2 ms, and the leanest, 1.53 GiB, in bf16):
+      # the original first, then the compiled players in fp32 (the 10x-at-2.51-GiB bar) with a repeat run, and in bf16
+      # at batch 32 (MFU). The timeouts add up to 530 s
+      [ -f .gpu/original/ref.py ] && one timeout 120 bash .gpu/original/run_launcher.sh | tee "$OUT/original.txt"
+      one timeout 170 python3 $B --json "$OUT/r4_fp32.json" --rows ${R4_ROWS:-launcher-fp32-b4-compile}
+      one timeout 40 python3 $B --json "$OUT/r4_fp32_repeat.json" --rows ${R4_ROWS:-launcher-fp32-b4-compile}
+      one timeout 200 python3 benchmarks/bench_step.py --steps 15 --warmup 6 --json "$OUT/r4_batch.json" --rows \
+        ${R4_BATCH:-launcher-bf16-b32-compile} ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap
          one timeout 300 python3 benchmarks/probe_copies.py --precision bf16 | tee "$OUT/copies_bf16.txt" ;;
@@ -91,6 +106,6 @@ for s in $sections; do
       cp "$runs/n$w/metrics.jsonl" "$OUT/curve_n${w}xb4.jsonl"; cp "$runs/n1/metrics.jsonl" "$OUT/curve_n1xb$((4 * w)).jsonl"
       python3 benchmarks/ddp_report.py curves --out "$OUT/ddp_curves.png" "1xb$((4 * w))=$runs/n1/metrics.jsonl" \
         "${w}xb4=$runs/n$w/metrics.jsonl" | tee "$OUT/ddp_curves.md" ;;
-    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile round3)"; exit 2 ;;
+    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile round3 round4)"; exit 2 ;;
   esac
 done
