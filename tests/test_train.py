@@ -309,6 +309,26 @@ def test_compiled_players_are_kept_as_the_step_s_modules():
     assert plain.model_step is model and plain.disc_step is disc and plain.frozen_disc is disc
 
 
+def test_compiled_players_train_with_the_adaptive_gan_weight(tmp_path, cache, monkeypatch):
+    """--compile with the GAN on from the first step and the adaptive weight (two autograd.grad calls through the
+    compiled model and D, then the backward from recon), through AOTAutograd's compiled forward and backward graphs
+    (aot_eager: inductor's kernels are not the point here, and take minutes on a CPU). Before the fix of
+    players_from_modules every --compile run crashed before this; a compiled backward's refusal to be retained (its
+    donated buffers) is covered by tests/test_normact.py, whose compiled blocks sit inside D (the whole tiny players
+    here donate none)."""
+    from wubugen.train import speed
+
+    monkeypatch.setattr(speed, "COMPILE_BACKEND", "aot_eager")
+    run = tmp_path / "run"
+    assert main(tiny_args(run, cache, "--max_steps", "3", "--compile", "--gan_weighting", "adaptive",
+                          "--gan_start_step", "0", "--lambda_gan", "1", "--log_interval", "1")) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r["values"] for r in rows if "train/loss_g_adv" in r["values"]]
+    assert len(train) == 3
+    assert all(math.isfinite(v["train/loss_g_adv"]) and v["train/loss_g_adv"] > 0 for v in train)
+    assert all(v["train/gan_weight"] > 0 and v["train/nonfinite_steps"] == 0 for v in train)
+
+
 @pytest.mark.slow
 def test_compiled_training_runs_and_saves_plain_weight_names(tmp_path, cache):
     run = tmp_path / "run"

@@ -86,6 +86,11 @@ def compile_wubu_stacks(model: nn.Module, mode: str = "default") -> int:
     return len(stacks)
 
 
+# torch.compile's backend for the players: inductor; the CPU tests set "aot_eager" (the same traced forward and
+# backward graphs, run without inductor's minutes of C++ builds)
+COMPILE_BACKEND = "inductor"
+
+
 def compile_player(module: nn.Module, mode: str = "default") -> nn.Module:
     """torch.compile for the training step's players (`mode`: `--compile_mode`). Inductor draws random numbers with
     torch's own ops (fallback_random), so a compiled run samples the same posterior noise and dropout masks as an eager
@@ -93,6 +98,8 @@ def compile_player(module: nn.Module, mode: str = "default") -> nn.Module:
     import torch._inductor.config as inductor_config
 
     inductor_config.fallback_random = True
+    if COMPILE_BACKEND != "inductor":
+        return torch.compile(module, backend=COMPILE_BACKEND)
     return torch.compile(module, mode=mode)
 
 
