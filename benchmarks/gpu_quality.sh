@@ -180,7 +180,8 @@ for s in ${*:-sweep}; do
         | tee "$OUT/peer_alone.jsonl" ;;
     shipped_alone)  # the other half: the launcher preset as shipped, alone for SECONDS_FINAL, its samples and strips
       # (SIZE=256: at its own size and batch, .gpu/d256; decoding that footage into the frame cache before the timer
-      # takes about 55 s of the call, so SECONDS_FINAL=540 ran out of the 600 s call 27 s early: 480 fits)
+      # takes about 55 s of the call, so with SECONDS_FINAL=540 the 600 s call ended before the run and its final samples
+      # did: 480 fits)
       if [ "${SIZE:-64}" = 256 ]; then
         sweep shipped "${SECONDS_FINAL:-150}" .gpu/d256 --sequential --prebuild 256 --run "shipped=$SHIPPED256"
       else
