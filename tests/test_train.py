@@ -309,7 +309,7 @@ def test_compiled_players_are_kept_as_the_step_s_modules():
     assert plain.model_step is model and plain.disc_step is disc and plain.frozen_disc is disc
 
 
-def test_compiled_players_train_with_the_adaptive_gan_weight(tmp_path, cache, monkeypatch):
+def test_compiled_players_train_with_the_adaptive_gan_weight(tmp_path, cache, monkeypatch, capsys):
     """--compile with the GAN on from the first step and the adaptive weight (two autograd.grad calls through the
     compiled model and D, then the backward from recon), through AOTAutograd's compiled forward and backward graphs
     (aot_eager: inductor's kernels are not the point here, and take minutes on a CPU). Before the fix of
@@ -319,9 +319,12 @@ def test_compiled_players_train_with_the_adaptive_gan_weight(tmp_path, cache, mo
     from wubugen.train import speed
 
     monkeypatch.setattr(speed, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # the user's choice is kept
     run = tmp_path / "run"
     assert main(tiny_args(run, cache, "--max_steps", "3", "--compile", "--gan_weighting", "adaptive",
                           "--gan_start_step", "0", "--lambda_gan", "1", "--log_interval", "1")) == 0
+    said = capsys.readouterr().out
+    assert "compiling at the first steps" in said and str(tmp_path / "inductor") in said
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r["values"] for r in rows if "train/loss_g_adv" in r["values"]]
     assert len(train) == 3

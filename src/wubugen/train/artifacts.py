@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,11 @@ def announce(players: Players, runner: StepRunner, data, run_dir: Path, per_epoc
           f"{per_epoch} batches/epoch, {total} steps; model {n_g / 1e6:.2f} M + D {n_d / 1e6:.2f} M params; "
           f"{p.device} {str(p.precision.dtype or 'fp32').replace('torch.', '')}"
           f"{', compiled' if cfg.train.compile else ''}{graphs}; run dir {run_dir}")
+    if cfg.train.compile:
+        # the first step waits for torch.compile without a word otherwise (2 minutes on an H200 with a cold cache)
+        cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "inductor's default cache")
+        print(f"compiling at the first steps: minutes on a cold cache, seconds on a repeat run of this configuration "
+              f"(kernels cached in {cache})")
 
 
 def eval_weights(players: Players):
