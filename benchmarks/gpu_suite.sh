@@ -69,8 +69,8 @@ for s in $sections; do
       [ -f .gpu/original/ref.py ] && one timeout 120 bash .gpu/original/run_launcher.sh | tee "$OUT/original.txt"
       one timeout 170 python3 $B --json "$OUT/r4_fp32.json" --rows \
         ${R4_ROWS:-launcher-fp32-b4-eager,launcher-fp32-b4-ckpt-eager,launcher-fp32-b4-compile}
-      one timeout 40 python3 $B --json "$OUT/r4_fp32_repeat.json" --rows launcher-fp32-b4-compile
-      one timeout 200 python3 benchmarks/bench_step.py --steps 15 --warmup 6 --json "$OUT/r4_batch.json" --rows \
+      one timeout 50 python3 $B --json "$OUT/r4_fp32_repeat.json" --rows launcher-fp32-b4-compile
+      one timeout 190 python3 benchmarks/bench_step.py --steps 15 --warmup 6 --json "$OUT/r4_batch.json" --rows \
         ${R4_BATCH:-launcher-bf16-b32-compile} ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap
