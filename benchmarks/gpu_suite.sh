@@ -65,7 +65,7 @@ for s in $sections; do
     round4)  # issue 19 after round3 (call 28: --compile was the fastest step, 23.2 ms, and the leanest, 1.53 GiB, in bf16):
       # the original first, then the compiled players in fp32 (the 10x-at-2.51-GiB bar) with a repeat run, and in bf16
       # at batch 32 (MFU). The fp32 step without CUDA graphs (-eager), plain and checkpointed, first: how much of its peak
-      # (4.23 GiB, 3.32 checkpointed, call 28) is the graphs' private pool. The timeouts add up to 530 s
+      # (4.23 GiB in call 24, 3.32 checkpointed in call 28) is the graphs' private pool. The timeouts add up to 530 s
       [ -f .gpu/original/ref.py ] && one timeout 120 bash .gpu/original/run_launcher.sh | tee "$OUT/original.txt"
       one timeout 170 python3 $B --json "$OUT/r4_fp32.json" --rows \
         ${R4_ROWS:-launcher-fp32-b4-eager,launcher-fp32-b4-ckpt-eager,launcher-fp32-b4-compile}
