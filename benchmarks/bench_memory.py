@@ -4,9 +4,15 @@ Python lines that made them (model code, compiled-code lines, extern kernels suc
 The step runs without CUDA-graph replay (a replayed graph allocates nothing visible); with `compile` on, the first steps
 compile. Uses torch.cuda.memory._record_memory_history over one step after `--warmup` steps.
 
+`--device cpu` (no GPU needed, eager kernels only): the same step on the CPU under torch.profiler's memory profile,
+which sorts every live tensor at the step's peak into parameters, optimizer state, gradients, inputs, saved
+activations, temporaries and autograd's own; a CPU kernel's scratch is not a cuDNN workspace, so the temporaries are
+the CPU's, while the other classes are the ones a GPU step holds too.
+
 usage:
   python benchmarks/bench_memory.py --set precision=fp32
   python benchmarks/bench_memory.py --preset launcher --set precision=fp32 --set activation_checkpointing=true --top 30
+  python benchmarks/bench_memory.py --device cpu --set precision=fp32 --set batch_size=4 --warmup 1
 """
 from __future__ import annotations
 
@@ -45,20 +51,54 @@ def where(ev: dict, depth: int = 4) -> str:
     return " < ".join(f"{Path(f['filename']).name}:{f['line']}:{f['name']}" for f in frames[:depth]) or "(no Python frame)"
 
 
+def cpu_peak_by_class(run_step, warmup: int) -> tuple[int, dict[str, int]]:
+    """The CPU step's peak: (live bytes at the step's highest moment, those bytes by torch.profiler's memory class).
+    run_step(i) runs step i; `warmup` steps run first, so the optimizer state exists and counts as held memory."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import _CATEGORY_TO_INDEX, MemoryProfileTimeline
+
+    for i in range(warmup):
+        run_step(i)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        run_step(warmup)
+    # private API: the memory profile behind torch.profiler's export_memory_timeline, read as numbers (one column per
+    # class after an unused first one; class None: memory the profiler could not classify)
+    times, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
+    best = max(range(len(sizes)), key=lambda i: sum(sizes[i]))
+    names = [c.name.lower() if c is not None else "unclassified" for c in _CATEGORY_TO_INDEX]
+    return sum(sizes[best]), dict(zip(names, sizes[best][1:]))
+
+
+def main_cpu(cfg, warmup: int) -> None:
+    dev = torch.device("cpu")
+    model, disc, runner, _, _ = build(cfg, dev, False)
+    inputs = make_inputs(cfg, dev, 2, None)
+    peak, by_class = cpu_peak_by_class(lambda i: runner.run([inputs[i % 2][0]], cfg.train.lambda_kl, True), warmup)
+    print(f"CPU step peak (tensors live at the step's highest moment): {peak / 2 ** 30:.3f} GiB")
+    for name, size in sorted(by_class.items(), key=lambda kv: -kv[1]):
+        print(f"{size / 2 ** 20:10.1f} MiB  {name}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="launcher")
     ap.add_argument("--set", action="append", default=[], help="config option: name=value")
     ap.add_argument("--warmup", type=int, default=4, help="steps before the recorded one (compilation, cuDNN tuning)")
     ap.add_argument("--top", type=int, default=25, help="groups of live blocks to print")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                    help="cpu: the memory classes at the CPU step's peak (torch.profiler), no GPU needed")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_memory.py needs a CUDA device (it reads the CUDA caching allocator's trace)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_memory.py needs a CUDA device (it reads the CUDA caching allocator's trace); "
+                         "--device cpu counts the memory classes of the CPU step instead")
     over: dict = {"cuda_graphs": False}
     for item in args.set:
         k, _, v = item.partition("=")
         over[k] = {"true": True, "false": False}.get(v.lower(), v)
     cfg = build_config(args.preset, overrides=over)
+    if args.device == "cpu":
+        main_cpu(cfg, args.warmup)
+        return
     dev = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     model, disc, runner, _, _ = build(cfg, dev, False)

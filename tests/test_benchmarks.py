@@ -52,6 +52,36 @@ def test_memory_probe_finds_the_live_blocks_at_the_peak():
     assert best == 170 and sorted(live) == [2, 3]
 
 
+def test_memory_probe_on_the_cpu_sorts_the_step_peak_into_classes():
+    import torch
+
+    from wubugen.train.players import build_players
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(256, 256))  # 256 KiB
+    opt = torch.optim.Adam([w])
+
+    def step(i: int) -> None:
+        x = torch.randn(64, 256)
+        h = (x @ w).relu()  # saved for the backward: an activation
+        h.square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    peak, by_class = bench_memory.cpu_peak_by_class(step, warmup=1)
+    assert peak == sum(by_class.values())
+    assert by_class["parameter"] == 256 * 256 * 4
+    assert by_class["optimizer_state"] >= 2 * 256 * 256 * 4  # Adam's two moments, held from the warm-up step on
+    assert by_class["gradient"] + by_class["activation"] + by_class["temporary"] + by_class["input"] > 0
+    # the real step of a tiny config goes through the same path
+    cfg = build_config("tiny", overrides={"precision": "fp32"})
+    dev = torch.device("cpu")
+    runner = bench_step.StepRunner(build_players(cfg, dev, None, log=lambda *a: None))
+    (clip, _), = bench_step.make_inputs(cfg, dev, 1, None)
+    peak, by_class = bench_memory.cpu_peak_by_class(lambda i: runner.run([clip], cfg.train.lambda_kl, True), 1)
+    assert by_class["parameter"] > 0 and by_class["optimizer_state"] > 0 and peak > by_class["parameter"]
+
+
 def test_step_bench_runs_a_tiny_row_on_the_cpu(tmp_path):
     out = tmp_path / "rows.json"
     proc = subprocess.run([sys.executable, str(BENCH / "bench_step.py"), "--rows", "tiny-fp32", "--steps", "5",
