@@ -63,7 +63,7 @@ def cpu_peak_by_class(run_step, warmup: int) -> tuple[int, dict[str, int]]:
         run_step(warmup)
     # private API: the memory profile behind torch.profiler's export_memory_timeline, read as numbers (one column per
     # class after an unused first one; class None: memory the profiler could not classify)
-    times, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")
+    _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline("cpu")  # (times, sizes)
     best = max(range(len(sizes)), key=lambda i: sum(sizes[i]))
     names = [c.name.lower() if c is not None else "unclassified" for c in _CATEGORY_TO_INDEX]
     return sum(sizes[best]), dict(zip(names, sizes[best][1:]))
