@@ -69,16 +69,6 @@ def cpu_peak_by_class(run_step, warmup: int) -> tuple[int, dict[str, int]]:
     return sum(sizes[best]), dict(zip(names, sizes[best][1:]))
 
 
-def main_cpu(cfg, warmup: int) -> None:
-    dev = torch.device("cpu")
-    model, disc, runner, _, _ = build(cfg, dev, False)
-    inputs = make_inputs(cfg, dev, 2, None)
-    peak, by_class = cpu_peak_by_class(lambda i: runner.run([inputs[i % 2][0]], cfg.train.lambda_kl, True), warmup)
-    print(f"CPU step peak (tensors live at the step's highest moment): {peak / 2 ** 30:.3f} GiB")
-    for name, size in sorted(by_class.items(), key=lambda kv: -kv[1]):
-        print(f"{size / 2 ** 20:10.1f} MiB  {name}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="launcher")
@@ -96,22 +86,30 @@ def main() -> None:
         k, _, v = item.partition("=")
         over[k] = {"true": True, "false": False}.get(v.lower(), v)
     cfg = build_config(args.preset, overrides=over)
-    if args.device == "cpu":
-        main_cpu(cfg, args.warmup)
-        return
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
     model, disc, runner, _, _ = build(cfg, dev, False)
-    print(f"parameters and buffers: {torch.cuda.memory_allocated() / 2 ** 30:.3f} GiB")
+    if dev.type == "cuda":
+        print(f"parameters and buffers: {torch.cuda.memory_allocated() / 2 ** 30:.3f} GiB")
     inputs = make_inputs(cfg, dev, 2, None)
-    for i in range(args.warmup):
+
+    def step(i: int) -> None:
         runner.run([inputs[i % 2][0]], cfg.train.lambda_kl, True)
+
+    if dev.type == "cpu":
+        peak, by_class = cpu_peak_by_class(step, args.warmup)
+        print(f"CPU step peak (tensors live at the step's highest moment): {peak / 2 ** 30:.3f} GiB")
+        for name, size in sorted(by_class.items(), key=lambda kv: -kv[1]):
+            print(f"{size / 2 ** 20:10.1f} MiB  {name}")
+        return
+    for i in range(args.warmup):
+        step(i)
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     print(f"held between steps (+ gradients, optimizer state): {base / 2 ** 30:.3f} GiB")
     torch.cuda.reset_peak_memory_stats()
     torch.cuda.memory._record_memory_history(max_entries=1_000_000)
-    runner.run([inputs[0][0]], cfg.train.lambda_kl, True)
+    step(0)
     torch.cuda.synchronize()
     snap = torch.cuda.memory._snapshot()
     torch.cuda.memory._record_memory_history(enabled=None)

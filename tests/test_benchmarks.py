@@ -55,8 +55,6 @@ def test_memory_probe_finds_the_live_blocks_at_the_peak():
 def test_memory_probe_on_the_cpu_sorts_the_step_peak_into_classes():
     import torch
 
-    from wubugen.train.players import build_players
-
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(256, 256))  # 256 KiB
     opt = torch.optim.Adam([w])
@@ -76,7 +74,7 @@ def test_memory_probe_on_the_cpu_sorts_the_step_peak_into_classes():
     # the real step of a tiny config goes through the same path
     cfg = build_config("tiny", overrides={"precision": "fp32"})
     dev = torch.device("cpu")
-    runner = bench_step.StepRunner(build_players(cfg, dev, None, log=lambda *a: None))
+    runner = bench_step.build(cfg, dev, False)[2]
     (clip, _), = bench_step.make_inputs(cfg, dev, 1, None)
     peak, by_class = bench_memory.cpu_peak_by_class(lambda i: runner.run([clip], cfg.train.lambda_kl, True), 1)
     assert by_class["parameter"] > 0 and by_class["optimizer_state"] > 0 and peak > by_class["parameter"]
