@@ -10,7 +10,7 @@ usage:
   python benchmarks/bench_step.py --rows launcher-fp32,launcher-bf16 --json out.json
   python benchmarks/bench_step.py --preset launcher --set batch_size=16 --set precision=bf16
   torchrun --nproc_per_node=2 benchmarks/bench_step.py --rows launcher-bf16     (DDP; rank 0 reports)
-Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile|-autotune|-nocompile][-eager][-nocl][-ckpt][-maps][-noside][-notap][-mb<percent>][-flat][-gbv][-static][-bucket<MB>]`
+Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile|-autotune|-nocompile][-eager][-nocl][-ckpt][-maps][-noside][-eagercodes][-notap][-mb<percent>][-flat][-gbv][-static][-bucket<MB>]`
 (`-compile`: torch.compile the players; `-nocompile`: eager kernels (the launcher's default now); `-maps`: only the WuBu
  levels' hyperbolic maps compiled; `-noside`: WuBu codes on the current stream; `-eager`: no CUDA-graph capture of the step; `-nocl`: no channels-last frames; `-ckpt`: activation checkpointing;
  `-notap`: fp32 output conv by cuDNN; `-mb50`: torch.compile's activation memory budget 0.5;
@@ -92,6 +92,8 @@ def parse_row(name: str) -> tuple[str, dict]:
             over["gen_region_film"] = False
         elif p == "noside":  # the WuBu region codes on the current stream (no --wubu_side_stream)
             over["wubu_side_stream"] = False
+        elif p == "eagercodes":  # with -compile: the WuBu region codes uncompiled on the side stream
+            over["compile_region_codes"] = False
         elif p == "cwubu":  # compile only the WuBu stacks (the many small hyperbolic ops), convs stay eager
             over["_cwubu"] = True
         else:
@@ -294,6 +296,12 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
     if cuda:
         torch.cuda.synchronize()
     setup_s = time.perf_counter() - t_setup
+    # where a compiled row's set-up went: dynamo's timed phases (tracing, inductor's lowering and code generation,
+    # waiting for Triton's builds, autotuning), summed over this row's graphs
+    from torch._dynamo.utils import compilation_time_metrics
+
+    compile_phases = {k: round(sum(v), 3) for k, v in compilation_time_metrics.items()}
+    compilation_time_metrics.clear()
     times = _timed(step, args.steps, device)
     peak_mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if cuda else float("nan")
     breakdown = ddp_breakdown(runner, step, args.steps, device) if world > 1 else {}
@@ -336,6 +344,8 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
         "tflop_per_step": flops / 1e12 if flops else None,
         "hw_tflop_per_step": hw_flops / 1e12 if hw_flops else None,
     }
+    if compile_phases:
+        row["compile_phases_s"] = compile_phases
     row.update(breakdown)
     if flops and peak:
         row["achieved_tflops"] = flops / med / 1e12  # per GPU

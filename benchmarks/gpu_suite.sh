@@ -7,6 +7,8 @@
 #   bash benchmarks/gpu_suite.sh profile     (issue 19: a kernel-by-kernel profile of the launcher's batch-4 step)
 #   bash benchmarks/gpu_suite.sh round3      (issue 19: fused norms, whole-player compilation, fp32 checkpointing; repeats)
 #   bash benchmarks/gpu_suite.sh round4      (issue 19: the original, then whole-player compilation in fp32 and at batch 32)
+#   bash benchmarks/gpu_suite.sh diag        (issue 19: each conv alone, profiles of the eager and compiled step, compiled fp32)
+#   bash benchmarks/gpu_suite.sh codes       (issue 19: --compile with the WuBu codes uncompiled, cold and repeat, beside whole-player compilation)
 #   bash benchmarks/gpu_suite.sh kernels     (the fp32 output conv: taps against cuDNN alone and in the step; copies)
 #   bash benchmarks/gpu_suite.sh ddpscale ddpcurve     (issue 7, on a machine with 4 or 8 GPUs: DDP on 1, 2, 4, 8 GPUs)
 #
@@ -72,6 +74,22 @@ for s in $sections; do
       one timeout 50 python3 $B --json "$OUT/r4_fp32_repeat.json" --rows launcher-fp32-b4-compile
       one timeout 190 python3 benchmarks/bench_step.py --steps 15 --warmup 6 --json "$OUT/r4_batch.json" --rows \
         ${R4_BATCH:-launcher-bf16-b32-compile} ;;
+    diag)  # issue 19, session 10: where the step's time goes. Each conv of the step alone in four formulations
+      # (benchmarks/conv_layers.py), then a kernel-by-kernel profile of the eager and the compiled batch-4 step (no
+      # graphs: a replayed graph hides its kernels) with the compilation's phases, then compiled fp32 with graphs
+      one timeout 110 python3 benchmarks/conv_layers.py --json "$OUT/conv_layers.json"
+      one timeout 290 python3 $B --json "$OUT/diag_rows.json" --profile /tmp/prof --rows \
+        ${DIAG_ROWS:-launcher-bf16-b4-eager,launcher-bf16-b4-compile-eager}
+      (cd /tmp && tar czf "$OUT/prof.tgz" prof)
+      one timeout 170 python3 $B --json "$OUT/diag_fp32.json" --rows ${DIAG_FP32:-launcher-fp32-b4-compile} ;;
+    codes)  # issue 19, session 10: the WuBu region codes uncompiled on the side stream under --compile
+      # (--no-compile_region_codes): cold set-up with inductor's generated code kept, a repeat run, then whole-player
+      # compilation in the same call as the baseline (its D is a cache hit by then: its set-up is not a cold one)
+      one timeout 170 env TORCH_LOGS=output_code python3 $B --json "$OUT/codes_cold.json" --rows \
+        launcher-bf16-b4-compile-eagercodes 2> /tmp/output_code.txt || tail -20 /tmp/output_code.txt
+      gzip -c /tmp/output_code.txt > "$OUT/output_code.txt.gz"
+      one timeout 70 python3 $B --json "$OUT/codes_repeat.json" --rows launcher-bf16-b4-compile-eagercodes
+      one timeout 180 python3 $B --json "$OUT/codes_whole.json" --rows launcher-bf16-b4-compile ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap
          one timeout 300 python3 benchmarks/probe_copies.py --precision bf16 | tee "$OUT/copies_bf16.txt" ;;
@@ -108,6 +126,6 @@ for s in $sections; do
       cp "$runs/n$w/metrics.jsonl" "$OUT/curve_n${w}xb4.jsonl"; cp "$runs/n1/metrics.jsonl" "$OUT/curve_n1xb$((4 * w)).jsonl"
       python3 benchmarks/ddp_report.py curves --out "$OUT/ddp_curves.png" "1xb$((4 * w))=$runs/n1/metrics.jsonl" \
         "${w}xb4=$runs/n$w/metrics.jsonl" | tee "$OUT/ddp_curves.md" ;;
-    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile round3 round4)"; exit 2 ;;
+    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile round3 round4 diag codes)"; exit 2 ;;
   esac
 done

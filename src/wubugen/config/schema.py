@@ -385,6 +385,12 @@ class TrainConfig:
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = opt(
         "default", "torch.compile mode: default, or max-autotune-no-cudagraphs (inductor times its own kernels per "
         "shape: much longer compilation)", group="speed")
+    # WuBu's region codes are most of the model's operators (about 2,300 of the launcher step's 2,700) and under 1% of
+    # its FLOPs: inductor's scheduling and code generation of them was most of --compile's set-up. Off, they run as
+    # uncompiled (on the side stream with --wubu_side_stream) between the compiled parts
+    compile_region_codes: bool = opt(
+        True, "with --compile, compile the WuBu region codes too; off: they run uncompiled (on a second stream with "
+        "--wubu_side_stream) beside the compiled conv path, whose compilation is then much shorter", group="speed")
     # capture the step's forward+backward in a CUDA graph after 3 eager steps (one CUDA process, no accumulation;
     # elsewhere the step runs eagerly): the host then launches one graph instead of thousands of small kernels
     cuda_graphs: bool = opt(
@@ -404,8 +410,9 @@ class TrainConfig:
     # eager WuBu is thousands of small kernels (about 12 ms of a 31 ms step at 64x64, batch 32, on an H200, under CUDA
     # graphs): on a second stream they overlap the conv path's large kernels instead of queueing behind them
     wubu_side_stream: bool = opt(
-        True, "on CUDA (one process, or --ddp_comm flat; not with --compile), run the WuBu region codes on a second "
-        "stream beside the conv path: the same kernels, so the same model", group="speed")
+        True, "on CUDA (one process, or --ddp_comm flat; with --compile only where --compile_region_codes is off), run "
+        "the WuBu region codes on a second stream beside the conv path: the same kernels, so the same model",
+        group="speed")
     # frames channels-last on CUDA (and, when compiled, the conv weights too: no cuDNN layout conversions)
     channels_last: bool = opt(
         True, "channels-last frames on CUDA (and conv weights when compiled, or with --compile_norms)",

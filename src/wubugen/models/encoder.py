@@ -75,6 +75,9 @@ class RegionalEncoder(nn.Module):
         self.h, self.w = latent_grid(m, geo)
         self.checkpointing = False  # a runtime switch (layers.set_activation_checkpointing), not a model option
         self.codes_stream = False  # a runtime switch (layers.set_codes_stream), not a model option
+        # a runtime switch (layers.set_codes_outside_compile): under torch.compile the region codes run eagerly
+        self.codes_outside_compile = False
+        self._pending_stream = None  # the codes' stream between _codes_eager and _join_eager (eager code only)
         self.region_codes = m.region_codes
         self.use_regions = m.region_codes != "none"
         if not self.use_regions and not self.spatial:
@@ -261,6 +264,31 @@ class RegionalEncoder(nn.Module):
             codes = self.region_codes_of(shallow, x, b, t, motion)
         return codes, side
 
+    def _start_codes(self, shallow: Tensor | None, x: Tensor, b: int, t: int, motion: Tensor | None):
+        """_launch_codes, kept out of a compiled graph with `codes_outside_compile`: WuBu's hyperbolic levels are most
+        of the model's operators but under 1% of its FLOPs, so inductor spent most of its set-up on them; eagerly on
+        the side stream (inside the step's CUDA graph) they overlap the compiled conv path instead."""
+        if self.codes_outside_compile:
+            return self._codes_eager(shallow, x, b, t, motion), None
+        return self._launch_codes(shallow, x, b, t, motion)
+
+    def _finish_codes(self, codes: Tensor | None, stream) -> Tensor | None:
+        """_join, the counterpart of _start_codes."""
+        if self.codes_outside_compile:
+            return self._join_eager(codes)
+        return self._join(codes, stream)
+
+    @torch.compiler.disable
+    def _codes_eager(self, shallow: Tensor | None, x: Tensor, b: int, t: int, motion: Tensor | None) -> Tensor:
+        # the stream stays in eager Python: a compiled graph never sees it
+        codes, self._pending_stream = self._launch_codes(shallow, x, b, t, motion)
+        return codes
+
+    @torch.compiler.disable
+    def _join_eager(self, codes: Tensor) -> Tensor:
+        stream, self._pending_stream = self._pending_stream, None
+        return self._join(codes, stream)
+
     @staticmethod
     def _join(codes: Tensor | None, stream) -> Tensor | None:
         """Make the current stream wait for the codes' stream before they are read (and keep their memory from being
@@ -283,19 +311,19 @@ class RegionalEncoder(nn.Module):
             shallow = self._clip_path(self.shallow_features, frames.transpose(1, 2)).transpose(1, 2).flatten(0, 1)
         else:
             shallow = self._per_frame(self.shallow_features, x)  # (B*T, cs, H, W)
-        codes, codes_on = self._launch_codes(shallow, x, b, t, motion) if self.use_regions else (None, None)
+        codes, codes_on = self._start_codes(shallow, x, b, t, motion) if self.use_regions else (None, None)
 
         if not self.use_spatial_path:
-            pooled = self._join(codes, codes_on).mean(1)
+            pooled = self._finish_codes(codes, codes_on).mean(1)
             return self.to_mu(pooled), self.to_logvar(pooled).clamp(*LOGVAR_RANGE), None
         if self.plain:  # the targets as one clip -> (B, C_e, T_out, h, w), the region codes, the posterior
             h = self._clip_path(self.plain_path, frames[:, t - self.t_out:].transpose(1, 2))
             if codes is not None:
-                h = h + self._region_map(self._join(codes, codes_on))[:, :, None]
+                h = h + self._region_map(self._finish_codes(codes, codes_on))[:, :, None]
             return self.to_mu(h), self.to_logvar(h).clamp(*LOGVAR_RANGE), None
         feat = self.spatial_features(frames, shallow)
         context = feat[:, -1]
-        codes = self._join(codes, codes_on)
+        codes = self._finish_codes(codes, codes_on)
         if not self.spatial:
             pooled = codes.mean(1)
             return self.to_mu(pooled), self.to_logvar(pooled).clamp(*LOGVAR_RANGE), context

@@ -148,6 +148,13 @@ def set_codes_stream(module: nn.Module, on: bool) -> None:
     set_runtime_switch(module, "codes_stream", on)
 
 
+def set_codes_outside_compile(module: nn.Module, on: bool) -> None:
+    """Keep the WuBu region codes out of torch.compile's graphs (they run eagerly, on the side stream where
+    set_codes_stream is on): the same kernels as uncompiled, so the same model. Acts on every submodule with a
+    `codes_outside_compile` attribute."""
+    set_runtime_switch(module, "codes_outside_compile", on)
+
+
 def set_activation_checkpointing(module: nn.Module, on: bool) -> None:
     """Recompute full-resolution activations in the backward pass instead of keeping them (a runtime switch like the
     tap convs: the math, and so the model, is unchanged). Acts on every submodule with a `checkpointing` attribute."""

@@ -13,7 +13,7 @@ from torch import nn
 from wubugen.config import Config, ConfigError
 from wubugen.eval.metrics import HIGHER_IS_BETTER
 from wubugen.models.discriminator import build_discriminator
-from wubugen.models.layers import set_activation_checkpointing, set_codes_stream
+from wubugen.models.layers import set_activation_checkpointing, set_codes_outside_compile, set_codes_stream
 from wubugen.models.normact import set_fused_norms
 from wubugen.models.vaegan import WuBuGAADHybridGen, build_model
 from wubugen.models.wubu import set_fused_maps
@@ -81,8 +81,11 @@ def build_players(cfg: Config, device: torch.device, dist: DistInfo | None = Non
     disc = build_discriminator(cfg.model, cfg.geometry).to(device)
     set_activation_checkpointing(model, t.activation_checkpointing)
     # not under DDP's hooks, which would fire on the second stream's gradients (flat sync reads them after the
-    # backward), nor under --compile, whose whole-model graphs would have to trace the stream switches
-    set_codes_stream(model, t.wubu_side_stream and device.type == "cuda" and not t.compile
+    # backward), nor inside --compile's graphs, which would have to trace the stream switches
+    # --no-compile_region_codes: the codes stay out of the compiled graphs, eager code that may switch streams
+    codes_outside = t.compile and not t.compile_region_codes
+    set_codes_outside_compile(model, codes_outside)
+    set_codes_stream(model, t.wubu_side_stream and device.type == "cuda" and (not t.compile or codes_outside)
                      and not (dist is not None and dist.enabled and t.ddp_comm == "ddp"))
     speed_layout(cfg, model, disc, device, precision)
     model_step: nn.Module = model
