@@ -84,12 +84,14 @@ for s in $sections; do
       one timeout 170 python3 $B --json "$OUT/diag_fp32.json" --rows ${DIAG_FP32:-launcher-fp32-b4-compile} ;;
     codes)  # issue 19, session 10: the WuBu region codes uncompiled on the side stream under --compile
       # (--no-compile_region_codes): cold set-up with inductor's generated code kept, a repeat run, then whole-player
-      # compilation in the same call as the baseline (its D is a cache hit by then: its set-up is not a cold one)
+      # compilation in the same call as the baseline (its D is a cache hit by then: its set-up is not a cold one);
+      # the original first, as the issue's bars ask (.gpu/original: ../shared/reference/original/README.md)
+      [ -f .gpu/original/ref.py ] && one timeout 110 bash .gpu/original/run_launcher.sh | tee "$OUT/original.txt"
       one timeout 170 env TORCH_LOGS=output_code python3 $B --json "$OUT/codes_cold.json" --rows \
         launcher-bf16-b4-compile-eagercodes 2> /tmp/output_code.txt || tail -20 /tmp/output_code.txt
       gzip -c /tmp/output_code.txt > "$OUT/output_code.txt.gz"
       one timeout 70 python3 $B --json "$OUT/codes_repeat.json" --rows launcher-bf16-b4-compile-eagercodes
-      one timeout 180 python3 $B --json "$OUT/codes_whole.json" --rows launcher-bf16-b4-compile ;;
+      one timeout 170 python3 $B --json "$OUT/codes_whole.json" --rows launcher-bf16-b4-compile ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap
          one timeout 300 python3 benchmarks/probe_copies.py --precision bf16 | tee "$OUT/copies_bf16.txt" ;;
