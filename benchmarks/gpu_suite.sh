@@ -9,6 +9,7 @@
 #   bash benchmarks/gpu_suite.sh round4      (issue 19: the original, then whole-player compilation in fp32 and at batch 32)
 #   bash benchmarks/gpu_suite.sh diag        (issue 19: each conv alone, profiles of the eager and compiled step, compiled fp32)
 #   bash benchmarks/gpu_suite.sh codes       (issue 19: --compile with the WuBu codes uncompiled, cold and repeat, beside whole-player compilation)
+#   bash benchmarks/gpu_suite.sh round5      (issue 19: the original, --channels_last_maps and the codes uncompiled beside whole-player compilation)
 #   bash benchmarks/gpu_suite.sh kernels     (the fp32 output conv: taps against cuDNN alone and in the step; copies)
 #   bash benchmarks/gpu_suite.sh ddpscale ddpcurve     (issue 7, on a machine with 4 or 8 GPUs: DDP on 1, 2, 4, 8 GPUs)
 #
@@ -92,6 +93,18 @@ for s in $sections; do
       gzip -c /tmp/output_code.txt > "$OUT/output_code.txt.gz"
       one timeout 70 python3 $B --json "$OUT/codes_repeat.json" --rows launcher-bf16-b4-compile-eagercodes
       one timeout 170 python3 $B --json "$OUT/codes_whole.json" --rows launcher-bf16-b4-compile ;;
+    round5)  # issue 19 after session 10 (the copies before every 3-D conv's backward; the WuBu codes out of the
+      # graphs): the original first; whole-player compilation as it was and with the norms' maps pinned channels-last
+      # (--channels_last_maps), each cold; the same with the codes uncompiled; a repeat run of the last; one profile
+      # row without graphs to see the copies gone. Timeouts add up to 580 s (a call: 600)
+      [ -f .gpu/original/ref.py ] && one timeout 70 bash .gpu/original/run_launcher.sh | tee "$OUT/original.txt"
+      one timeout 150 python3 $B --json "$OUT/r5_clmaps.json" --rows launcher-bf16-b4-compile-clmaps
+      one timeout 130 python3 $B --json "$OUT/r5_whole.json" --rows launcher-bf16-b4-compile
+      one timeout 130 python3 $B --json "$OUT/r5_codes.json" --rows launcher-bf16-b4-compile-eagercodes-clmaps
+      one timeout 40 python3 $B --json "$OUT/r5_repeat.json" --rows launcher-bf16-b4-compile-eagercodes-clmaps
+      one timeout 60 python3 $B --json "$OUT/r5_prof.json" --profile /tmp/prof --rows \
+        launcher-bf16-b4-compile-eagercodes-clmaps-eager
+      (cd /tmp && tar czf "$OUT/prof.tgz" prof) ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap
          one timeout 300 python3 benchmarks/probe_copies.py --precision bf16 | tee "$OUT/copies_bf16.txt" ;;
@@ -128,6 +141,6 @@ for s in $sections; do
       cp "$runs/n$w/metrics.jsonl" "$OUT/curve_n${w}xb4.jsonl"; cp "$runs/n1/metrics.jsonl" "$OUT/curve_n1xb$((4 * w)).jsonl"
       python3 benchmarks/ddp_report.py curves --out "$OUT/ddp_curves.png" "1xb$((4 * w))=$runs/n1/metrics.jsonl" \
         "${w}xb4=$runs/n$w/metrics.jsonl" | tee "$OUT/ddp_curves.md" ;;
-    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile round3 round4 diag codes)"; exit 2 ;;
+    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile round3 round4 diag codes round5)"; exit 2 ;;
   esac
 done

@@ -90,3 +90,52 @@ def test_training_with_region_codes_outside_compile(tmp_path, cache, monkeypatch
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r["values"] for r in rows if "train/loss_recon" in r["values"]]
     assert len(train) == 2 and all(math.isfinite(v["train/loss_recon"]) for v in train)
+
+
+def test_channels_last_maps_pin_every_conv_input_after_a_norm_and_change_no_value():
+    """--channels_last_maps (the runtime switch cl_maps): the plain backbone's and the spatio-temporal D's maps leave
+    every norm channels-last-3d, so each conv after one reads (and its backward saves) that layout; the values and
+    gradients are the ones without it."""
+    from wubugen.models.discriminator import build_discriminator
+    from wubugen.models.layers import set_runtime_switch, to_channels_last
+
+    cfg, model = _plain_tiny()
+    disc = build_discriminator(cfg.model, cfg.geometry)
+    to_channels_last(model)
+    to_channels_last(disc)
+    clip = torch.rand(2, cfg.window_frames, 3, cfg.data.image_h, cfg.data.image_w) * 2 - 1
+    layouts: list[tuple[str, bool]] = []
+
+    def record(name):
+        return lambda mod, args: layouts.append((name, args[0].is_contiguous(memory_format=torch.channels_last_3d)))
+
+    hooks = [m.register_forward_pre_hook(record(n)) for net in (model, disc) for n, m in net.named_modules()
+             if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    start = {k: v.clone() for k, v in disc.state_dict().items()}  # spectral norm's power iteration moves its vectors
+    results = []
+    for on in (False, True):
+        disc.load_state_dict(start)
+        for net in (model, disc):
+            assert set_runtime_switch(net, "cl_maps", on) >= 1
+            net.zero_grad()
+        layouts.clear()
+        torch.manual_seed(1)
+        out = model(clip, None)
+        logits = disc(out.recon)
+        (out.recon.square().mean() + logits.mean()).backward()
+        grads = [p.grad.clone() for net in (model, disc) for p in net.parameters() if p.grad is not None]
+        results.append((out.recon.detach(), logits.detach(), grads, list(layouts)))
+    for h in hooks:
+        h.remove()
+    (r0, l0, g0, lay_off), (r1, l1, g1, lay_on) = results
+    # the same function; a conv's kernel may differ with its input's layout, so float32 rounding may too
+    torch.testing.assert_close(r1, r0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-6)
+    assert len(g0) == len(g1)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    # the convs that follow a norm: all but each network's first (it reads the frames or the latent) and D's head
+    after_norm = [cl for name, cl in lay_on if name not in ("encoder.plain_path.body.0.0", "generator.expand",
+                                                              "blocks.0.0", "head")]
+    assert after_norm and all(after_norm), lay_on
+    assert not all(cl for _, cl in lay_off), "without the switch some conv inputs are contiguous (eager GroupNorm's)"

@@ -386,11 +386,12 @@ class TrainConfig:
         "default", "torch.compile mode: default, or max-autotune-no-cudagraphs (inductor times its own kernels per "
         "shape: much longer compilation)", group="speed")
     # WuBu's region codes are most of the model's operators (about 2,300 of the launcher step's 2,700) and under 1% of
-    # its FLOPs: inductor's scheduling and code generation of them was most of --compile's set-up. Off, they run as
-    # uncompiled (on the side stream with --wubu_side_stream) between the compiled parts
+    # its FLOPs. Off, they run uncompiled (on the side stream with --wubu_side_stream) between the compiled parts: 44%
+    # less set-up on the CPU, but not less on an H100, where the graph breaks make more graphs to trace and compile
+    # (docs/benchmarks.md, session 10); hence on
     compile_region_codes: bool = opt(
         True, "with --compile, compile the WuBu region codes too; off: they run uncompiled (on a second stream with "
-        "--wubu_side_stream) beside the compiled conv path, whose compilation is then much shorter", group="speed")
+        "--wubu_side_stream) between the compiled conv path's graphs", group="speed")
     # capture the step's forward+backward in a CUDA graph after 3 eager steps (one CUDA process, no accumulation;
     # elsewhere the step runs eagerly): the host then launches one graph instead of thousands of small kernels
     cuda_graphs: bool = opt(
@@ -417,6 +418,14 @@ class TrainConfig:
     channels_last: bool = opt(
         True, "channels-last frames on CUDA (and conv weights when compiled, or with --compile_norms)",
         group="speed")
+    # under --compile the conv weights are channels-last-3d but the norms' outputs contiguous (as eager GroupNorm
+    # returns them), and the activations compile saves keep that layout: each 3-D conv's backward copied its input and
+    # gradient (3.2 ms of a 23.4 ms compiled step on an H100, read off inductor's generated code, session 10). Not yet
+    # timed on a GPU, hence off
+    channels_last_maps: bool = opt(
+        False, "with --compile and --channels_last, keep the plain backbone's and the spatio-temporal D's maps "
+        "channels-last-3d after every norm (the layout of their convs: no copies before the convs' backward; the same "
+        "values)", group="speed")
     # in fp32 on CUDA, the generator's output conv (3 output channels, where cuDNN is slow) runs as a 1x1 conv and a
     # shifted sum over its kernel taps: the same function, 4.1 -> 2.3 ms forward + backward on an H100 (models/tapconv.py);
     # bf16 keeps cuDNN's kernel, faster there

@@ -10,7 +10,7 @@ import math
 from torch import Tensor, nn
 
 from wubugen.config import FrameGeometry, ModelConfig
-from wubugen.models.layers import RegionFiLM, masks_for, maybe_sn, region_boxes
+from wubugen.models.layers import RegionFiLM, masks_for, maybe_sn, pin_channels_last, region_boxes
 from wubugen.models.normact import norm_film_act
 from wubugen.models.roi import StaticRoIAlign
 
@@ -62,6 +62,7 @@ class SpatioTemporalDiscriminator(nn.Module):
             cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.fused_norms = False  # a runtime switch (--compile_norms: models/normact.py), not a model option
+        self.cl_maps = False  # a runtime switch (--channels_last_maps: layers.pin_channels_last), not a model option
         self.t_final = t
         if self.patch_logits:
             self.head = maybe_sn(nn.Conv3d(cin, 1, (1, 3, 3), 1, (0, 1, 1)), sn)
@@ -76,7 +77,10 @@ class SpatioTemporalDiscriminator(nn.Module):
             for conv, norm, *rest in self.blocks:  # rest: [RegionFiLM,] LeakyReLU
                 x = norm_film_act(conv(x), norm, rest[0] if len(rest) == 2 else None, True, act="lrelu")
         else:
-            x = self.blocks(x)
+            for conv, norm, *rest in self.blocks:
+                x = pin_channels_last(norm(conv(x)), self.cl_maps)
+                for layer in rest:
+                    x = layer(x)
         if self.patch_logits:
             return self.head(x).flatten(1)
         return self.head(self.pool(x).flatten(1))

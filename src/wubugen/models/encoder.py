@@ -266,8 +266,9 @@ class RegionalEncoder(nn.Module):
 
     def _start_codes(self, shallow: Tensor | None, x: Tensor, b: int, t: int, motion: Tensor | None):
         """_launch_codes, kept out of a compiled graph with `codes_outside_compile`: WuBu's hyperbolic levels are most
-        of the model's operators but under 1% of its FLOPs, so inductor spent most of its set-up on them; eagerly on
-        the side stream (inside the step's CUDA graph) they overlap the compiled conv path instead."""
+        of the model's operators but under 1% of its FLOPs; eagerly on the side stream (inside the step's CUDA graph)
+        they overlap the compiled conv path and leave inductor fewer operators (44% less set-up on the CPU, not less
+        on an H100: docs/benchmarks.md, session 10)."""
         if self.codes_outside_compile:
             return self._codes_eager(shallow, x, b, t, motion), None
         return self._launch_codes(shallow, x, b, t, motion)

@@ -148,6 +148,16 @@ def set_codes_stream(module: nn.Module, on: bool) -> None:
     set_runtime_switch(module, "codes_stream", on)
 
 
+def pin_channels_last(x: Tensor, on: bool) -> Tensor:
+    """A 5-D map in channels-last-3d when `on` (the runtime switch `cl_maps`, --channels_last_maps). Eager GroupNorm
+    and InstanceNorm return contiguous maps, and torch.compile keeps that layout for the activations it saves, while
+    the convs (channels-last-3d weights under --compile) run channels-last: each conv's backward then copied its saved
+    input and its gradient (inductor's conv lowering pins layouts for 2-D convs only; 3.2 ms of copies in a 23.4 ms
+    compiled step on an H100, docs/benchmarks.md). Pinned after the norm, inductor writes the layout in the norm's own
+    kernel. The values are unchanged."""
+    return x.contiguous(memory_format=torch.channels_last_3d) if on and x.dim() == 5 else x
+
+
 def set_codes_outside_compile(module: nn.Module, on: bool) -> None:
     """Keep the WuBu region codes out of torch.compile's graphs (they run eagerly, on the side stream where
     set_codes_stream is on): the same kernels as uncompiled, so the same model. Acts on every submodule with a

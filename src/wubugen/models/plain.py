@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from wubugen.config import FrameGeometry, ModelConfig
-from wubugen.models.layers import crop_to, group_norm, pad_to_grid, region_boxes, region_film
+from wubugen.models.layers import crop_to, group_norm, pad_to_grid, pin_channels_last, region_boxes, region_film
 from wubugen.models.normact import norm_film_act
 from wubugen.models.tapconv import TapConv3d
 
@@ -54,13 +54,15 @@ class PlainSpatialPath(nn.Module):
         layers.append(_conv(ch[-1], ch[-1]))
         self.body = nn.Sequential(*[nn.Sequential(c, group_norm(c.out_channels), nn.SiLU()) for c in layers])
         self.fused_norms = False  # a runtime switch (--compile_norms: models/normact.py), not a model option
+        self.cl_maps = False  # a runtime switch (--channels_last_maps: layers.pin_channels_last), not a model option
 
     def forward(self, x: Tensor) -> Tensor:
         x = pad_to_grid(x, self.h, self.w, self.f)
-        if not self.fused_norms:
-            return self.body(x)
-        for conv, norm, _act in self.body:
-            x = norm_film_act(conv(x), norm, None, True)
+        for conv, norm, act in self.body:
+            if self.fused_norms:
+                x = norm_film_act(conv(x), norm, None, True)
+            else:
+                x = act(pin_channels_last(norm(conv(x)), self.cl_maps))
         return x
 
 
@@ -74,6 +76,7 @@ class PlainGenerator(nn.Module):
         self.height, self.width = geo.height, geo.width
         self.checkpointing = False  # a runtime switch (layers.set_activation_checkpointing), not a model option
         self.fused_norms = False  # a runtime switch (--compile_norms: models/normact.py), not a model option
+        self.cl_maps = False  # a runtime switch (--channels_last_maps: layers.pin_channels_last), not a model option
         ch = plain_widths(m)[::-1]
         self.expand = nn.Conv3d(m.latent_channels, ch[0], 1)
         self.convs = nn.ModuleList([_conv(ch[0], ch[0]), _conv(ch[0], ch[0])] + [
@@ -103,7 +106,7 @@ class PlainGenerator(nn.Module):
     def block(self, i: int, x: Tensor) -> Tensor:
         if self.fused_norms:
             return norm_film_act(self.convs[i](x), self.norms[i], self.films[i], True)
-        return self.act(self.films[i](self.norms[i](self.convs[i](x))))
+        return self.act(self.films[i](pin_channels_last(self.norms[i](self.convs[i](x)), self.cl_maps)))
 
     def last_stage(self, x: Tensor) -> Tensor:
         """The last (full-resolution) block and the output conv. -> (B, C, T, H', W') in [-1, 1]"""
