@@ -260,6 +260,9 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
 
         # the min-cut partitioner recomputes cheap ops in the backward to keep saved activations under this fraction
         functorch_config.activation_memory_budget = 1.0 if mem_budget is None else mem_budget
+    from torch._dynamo.utils import compilation_time_metrics
+
+    compilation_time_metrics.clear()  # this row's compilations only (a recompile in an earlier row's timed steps)
     t_setup = time.perf_counter()
     torch.manual_seed(0)
     model, disc, runner, opt_g, opt_d = build(cfg, device, world > 1, ddp_kw)
@@ -299,9 +302,7 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
         torch.cuda.synchronize()
     setup_s = time.perf_counter() - t_setup
     # where a compiled row's set-up went: dynamo's timed phases (tracing, inductor's lowering and code generation,
-    # waiting for Triton's builds, autotuning), summed over this row's graphs
-    from torch._dynamo.utils import compilation_time_metrics
-
+    # waiting for Triton's builds, autotuning), each summed over this row's graphs; the timers nest, so they overlap
     compile_phases = {k: round(sum(v), 3) for k, v in compilation_time_metrics.items()}
     compilation_time_metrics.clear()
     times = _timed(step, args.steps, device)

@@ -1,6 +1,8 @@
-"""Every convolution of the launcher's step (256x256, 3 frames, batch 4; D at batch 8: real and fake), timed alone
-forward + backward, in several formulations, bf16 on a GPU: where the step's matrix work runs near the card's rate and
-where it does not (issue 19: the compiled step is 4.1 TFLOP in 23 ms; the matrix work alone would take 5.5 ms).
+"""The launcher step's 3-D convolutions with kernels wider than 1 (256x256, 3 frames, batch 4; D at batch 8: real and
+fake), timed alone forward + backward, in several formulations, bf16 on a GPU: where the step's matrix work runs near
+the card's rate and where it does not (issue 19: the compiled step is 4.1 TFLOP in 23 ms; the matrix work alone would
+take 5.5 ms). Not here: the 1x1x1 maps into and out of the latent, D's 1x3x3 head, and the generator's pass of its
+output through the frozen D (batch 4, forward and input gradients): 3.94 of the step's 4.11 TFLOP are timed.
 
 Formulations (the same math; `--check` compares them with float64 on the CPU):
 * `nc`: cuDNN's 3-D conv, contiguous (NCDHW) tensors;

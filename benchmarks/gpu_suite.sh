@@ -97,13 +97,19 @@ for s in $sections; do
       # graphs): the original first; whole-player compilation as it was and with the norms' maps pinned channels-last
       # (--channels_last_maps), each cold; the same with the codes uncompiled; a repeat run of the last; one profile
       # row without graphs to see the copies gone. Timeouts add up to 580 s (a call: 600)
+      # (each row its own empty inductor cache, so every set-up is a cold one; the repeat reuses its row's)
       [ -f .gpu/original/ref.py ] && one timeout 70 bash .gpu/original/run_launcher.sh | tee "$OUT/original.txt"
-      one timeout 150 python3 $B --json "$OUT/r5_clmaps.json" --rows launcher-bf16-b4-compile-clmaps
-      one timeout 130 python3 $B --json "$OUT/r5_whole.json" --rows launcher-bf16-b4-compile
-      one timeout 130 python3 $B --json "$OUT/r5_codes.json" --rows launcher-bf16-b4-compile-eagercodes-clmaps
-      one timeout 40 python3 $B --json "$OUT/r5_repeat.json" --rows launcher-bf16-b4-compile-eagercodes-clmaps
-      one timeout 60 python3 $B --json "$OUT/r5_prof.json" --profile /tmp/prof --rows \
-        launcher-bf16-b4-compile-eagercodes-clmaps-eager
+      c=/tmp/r5_inductor
+      one timeout 150 env TORCHINDUCTOR_CACHE_DIR=$c/clmaps python3 $B --json "$OUT/r5_clmaps.json" \
+        --rows launcher-bf16-b4-compile-clmaps
+      one timeout 130 env TORCHINDUCTOR_CACHE_DIR=$c/whole python3 $B --json "$OUT/r5_whole.json" \
+        --rows launcher-bf16-b4-compile
+      one timeout 130 env TORCHINDUCTOR_CACHE_DIR=$c/codes python3 $B --json "$OUT/r5_codes.json" \
+        --rows launcher-bf16-b4-compile-eagercodes-clmaps
+      one timeout 40 env TORCHINDUCTOR_CACHE_DIR=$c/codes python3 $B --json "$OUT/r5_repeat.json" \
+        --rows launcher-bf16-b4-compile-eagercodes-clmaps
+      one timeout 60 env TORCHINDUCTOR_CACHE_DIR=$c/codes python3 $B --json "$OUT/r5_prof.json" --profile /tmp/prof \
+        --rows launcher-bf16-b4-compile-eagercodes-clmaps-eager
       (cd /tmp && tar czf "$OUT/prof.tgz" prof) ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap

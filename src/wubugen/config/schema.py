@@ -385,10 +385,11 @@ class TrainConfig:
     compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = opt(
         "default", "torch.compile mode: default, or max-autotune-no-cudagraphs (inductor times its own kernels per "
         "shape: much longer compilation)", group="speed")
-    # WuBu's region codes are most of the model's operators (about 2,300 of the launcher step's 2,700) and under 1% of
-    # its FLOPs. Off, they run uncompiled (on the side stream with --wubu_side_stream) between the compiled parts: 44%
-    # less set-up on the CPU, but not less on an H100, where the graph breaks make more graphs to trace and compile
-    # (docs/benchmarks.md, session 10); hence on
+    # WuBu's region codes are most of the model's operators (2,293 launching operators at 64x64 by
+    # benchmarks/wubu_ops.py, of 2,686 in the launcher step by benchmarks/roofline.py) and under 1% of its FLOPs. Off,
+    # they run uncompiled (on the side stream with --wubu_side_stream) between the compiled parts: 44% less set-up on
+    # the CPU; on an H100 the set-up was not shorter than whole-player compilation on other cards and calls, with no
+    # same-call baseline yet (docs/benchmarks.md, session 10); hence on
     compile_region_codes: bool = opt(
         True, "with --compile, compile the WuBu region codes too; off: they run uncompiled (on a second stream with "
         "--wubu_side_stream) between the compiled conv path's graphs", group="speed")

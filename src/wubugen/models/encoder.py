@@ -77,7 +77,6 @@ class RegionalEncoder(nn.Module):
         self.codes_stream = False  # a runtime switch (layers.set_codes_stream), not a model option
         # a runtime switch (layers.set_codes_outside_compile): under torch.compile the region codes run eagerly
         self.codes_outside_compile = False
-        self._pending_stream = None  # the codes' stream between _codes_eager and _join_eager (eager code only)
         self.region_codes = m.region_codes
         self.use_regions = m.region_codes != "none"
         if not self.use_regions and not self.spatial:
@@ -266,9 +265,9 @@ class RegionalEncoder(nn.Module):
 
     def _start_codes(self, shallow: Tensor | None, x: Tensor, b: int, t: int, motion: Tensor | None):
         """_launch_codes, kept out of a compiled graph with `codes_outside_compile`: WuBu's hyperbolic levels are most
-        of the model's operators but under 1% of its FLOPs; eagerly on the side stream (inside the step's CUDA graph)
-        they overlap the compiled conv path and leave inductor fewer operators (44% less set-up on the CPU, not less
-        on an H100: docs/benchmarks.md, session 10)."""
+        of the model's operators but under 1% of its FLOPs; out of the graphs they leave inductor fewer operators to
+        compile (44% less set-up on the CPU; on an H100 not measured against a same-call baseline yet:
+        docs/benchmarks.md, session 10), and eagerly they may run on the side stream."""
         if self.codes_outside_compile:
             return self._codes_eager(shallow, x, b, t, motion), None
         return self._launch_codes(shallow, x, b, t, motion)
@@ -281,14 +280,12 @@ class RegionalEncoder(nn.Module):
 
     @torch.compiler.disable
     def _codes_eager(self, shallow: Tensor | None, x: Tensor, b: int, t: int, motion: Tensor | None) -> Tensor:
-        # the stream stays in eager Python: a compiled graph never sees it
-        codes, self._pending_stream = self._launch_codes(shallow, x, b, t, motion)
-        return codes
+        return self._launch_codes(shallow, x, b, t, motion)[0]
 
     @torch.compiler.disable
     def _join_eager(self, codes: Tensor) -> Tensor:
-        stream, self._pending_stream = self._pending_stream, None
-        return self._join(codes, stream)
+        # the stream _launch_codes used (one per device), found again here: no compiled graph ever holds it
+        return self._join(codes, side_stream(codes.device) if self.codes_stream and codes.is_cuda else None)
 
     @staticmethod
     def _join(codes: Tensor | None, stream) -> Tensor | None:

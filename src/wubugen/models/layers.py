@@ -149,12 +149,12 @@ def set_codes_stream(module: nn.Module, on: bool) -> None:
 
 
 def pin_channels_last(x: Tensor, on: bool) -> Tensor:
-    """A 5-D map in channels-last-3d when `on` (the runtime switch `cl_maps`, --channels_last_maps). Eager GroupNorm
-    and InstanceNorm return contiguous maps, and torch.compile keeps that layout for the activations it saves, while
-    the convs (channels-last-3d weights under --compile) run channels-last: each conv's backward then copied its saved
-    input and its gradient (inductor's conv lowering pins layouts for 2-D convs only; 3.2 ms of copies in a 23.4 ms
-    compiled step on an H100, docs/benchmarks.md). Pinned after the norm, inductor writes the layout in the norm's own
-    kernel. The values are unchanged."""
+    """A 5-D map in channels-last-3d when `on` (the runtime switch `cl_maps`, --channels_last_maps). On CUDA eager
+    GroupNorm and InstanceNorm return contiguous maps, and torch.compile saved those activations contiguous, while the
+    convs (channels-last-3d weights under --compile) run channels-last: each conv's backward then copied its saved
+    input and its gradient (inductor's conv lowering pins layouts for 2-D convs only; 3.2 ms of copies and casts in a
+    23.4 ms compiled step on an H100, docs/benchmarks.md). With the map channels-last-3d in the traced graph, the
+    saved activation should keep that layout: not yet measured on a GPU. The values are unchanged."""
     return x.contiguous(memory_format=torch.channels_last_3d) if on and x.dim() == 5 else x
 
 
