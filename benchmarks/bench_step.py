@@ -304,7 +304,6 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
     # where a compiled row's set-up went: dynamo's timed phases (tracing, inductor's lowering and code generation,
     # waiting for Triton's builds, autotuning), each summed over this row's graphs; the timers nest, so they overlap
     compile_phases = {k: round(sum(v), 3) for k, v in compilation_time_metrics.items()}
-    compilation_time_metrics.clear()
     times = _timed(step, args.steps, device)
     peak_mem = torch.cuda.max_memory_allocated(device) / 2 ** 30 if cuda else float("nan")
     breakdown = ddp_breakdown(runner, step, args.steps, device) if world > 1 else {}

@@ -98,7 +98,7 @@ def test_channels_last_maps_pin_every_conv_input_after_a_norm_and_change_no_valu
     gradients are the ones without it. The norms return contiguous maps here, as their CUDA kernels do (on the CPU
     GroupNorm keeps a channels-last input's layout)."""
     from wubugen.models.discriminator import build_discriminator
-    from wubugen.models.layers import set_runtime_switch, to_channels_last
+    from wubugen.models.layers import set_channels_last_maps, to_channels_last
 
     for norm in (torch.nn.GroupNorm, torch.nn.InstanceNorm3d):
         monkeypatch.setattr(norm, "forward", lambda self, x, _f=norm.forward: _f(self, x).contiguous())
@@ -119,7 +119,7 @@ def test_channels_last_maps_pin_every_conv_input_after_a_norm_and_change_no_valu
     for on in (False, True):
         disc.load_state_dict(start)
         for net in (model, disc):
-            assert set_runtime_switch(net, "cl_maps", on) >= 1
+            assert set_channels_last_maps(net, on) >= 1
             net.zero_grad()
         layouts.clear()
         torch.manual_seed(1)

@@ -252,9 +252,10 @@ class RegionalEncoder(nn.Module):
         `codes_stream` on CUDA they go on a second stream: WuBu's thousands of small kernels (forward, and through
         autograd's stream rule their backward) then run beside the conv path's large ones instead of after them; a
         CUDA-graph capture records the fork and the join. The codes read only what exists at this point."""
-        if not (self.codes_stream and x.is_cuda):
+        side = self._codes_side_stream(x)
+        if side is None:
             return self.region_codes_of(shallow, x, b, t, motion), None
-        main, side = torch.cuda.current_stream(x.device), side_stream(x.device)
+        main = torch.cuda.current_stream(x.device)
         side.wait_stream(main)
         for inp in (shallow, x, motion):  # made on the current stream, read on the side one: no early reuse
             if inp is not None:
@@ -262,6 +263,10 @@ class RegionalEncoder(nn.Module):
         with torch.cuda.stream(side):
             codes = self.region_codes_of(shallow, x, b, t, motion)
         return codes, side
+
+    def _codes_side_stream(self, x: Tensor) -> torch.cuda.Stream | None:
+        """The stream the codes of `x` go on: the device's side stream with `codes_stream` on CUDA, else None."""
+        return side_stream(x.device) if self.codes_stream and x.is_cuda else None
 
     def _start_codes(self, shallow: Tensor | None, x: Tensor, b: int, t: int, motion: Tensor | None):
         """_launch_codes, kept out of a compiled graph with `codes_outside_compile`: WuBu's hyperbolic levels are most
@@ -284,8 +289,8 @@ class RegionalEncoder(nn.Module):
 
     @torch.compiler.disable
     def _join_eager(self, codes: Tensor) -> Tensor:
-        # the stream _launch_codes used (one per device), found again here: no compiled graph ever holds it
-        return self._join(codes, side_stream(codes.device) if self.codes_stream and codes.is_cuda else None)
+        # the stream _launch_codes used, found again here: no compiled graph ever holds it
+        return self._join(codes, self._codes_side_stream(codes))
 
     @staticmethod
     def _join(codes: Tensor | None, stream) -> Tensor | None:

@@ -158,6 +158,12 @@ def pin_channels_last(x: Tensor, on: bool) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last_3d) if on and x.dim() == 5 else x
 
 
+def set_channels_last_maps(module: nn.Module, on: bool) -> int:
+    """Pin the maps after every norm channels-last-3d (pin_channels_last) in every submodule with a `cl_maps`
+    attribute (the plain backbone, the spatio-temporal D). -> how many."""
+    return set_runtime_switch(module, "cl_maps", on)
+
+
 def set_codes_outside_compile(module: nn.Module, on: bool) -> None:
     """Keep the WuBu region codes out of torch.compile's graphs (they run eagerly, on the side stream where
     set_codes_stream is on): the same kernels as uncompiled, so the same model. Acts on every submodule with a

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from wubugen.config import Config
-from wubugen.models.layers import set_runtime_switch, to_channels_last
+from wubugen.models.layers import set_channels_last_maps, to_channels_last
 from wubugen.models.tapconv import set_tap_convs
 
 
@@ -53,8 +53,8 @@ def speed_layout(cfg: Config, model: nn.Module, disc: nn.Module, device: torch.d
         to_channels_last(model)
         to_channels_last(disc)
         if t.channels_last_maps:
-            set_runtime_switch(model, "cl_maps", True)
-            set_runtime_switch(disc, "cl_maps", True)
+            set_channels_last_maps(model, True)
+            set_channels_last_maps(disc, True)
     elif t.channels_last and t.compile_norms:
         # the compiled norms (models/normact.py) read channels-last maps as they are, where eager GroupNorm copied them
         # (the slowdown above), so the convolutions of a network whose norms --compile_norms compiles (it has the
