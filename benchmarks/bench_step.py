@@ -10,7 +10,7 @@ usage:
   python benchmarks/bench_step.py --rows launcher-fp32,launcher-bf16 --json out.json
   python benchmarks/bench_step.py --preset launcher --set batch_size=16 --set precision=bf16
   torchrun --nproc_per_node=2 benchmarks/bench_step.py --rows launcher-bf16     (DDP; rank 0 reports)
-Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile|-autotune|-nocompile][-eager][-nocl][-ckpt][-maps][-noside][-eagercodes][-clmaps][-notap][-mb<percent>][-flat][-gbv][-static][-bucket<MB>]`
+Rows are named `<preset>-<precision>[-b<batch>][-t<input frames>][-s<size>][-motion|-motionraw][-compile|-autotune|-nocompile][-eager][-nocl][-ckpt][-maps][-noside][-eagercodes][-clmaps][-splitgn][-notap][-mb<percent>][-flat][-gbv][-static][-bucket<MB>]`
 (`-compile`: torch.compile the players; `-nocompile`: eager kernels (the launcher's default now); `-maps`: only the WuBu
  levels' hyperbolic maps compiled; `-noside`: WuBu codes on the current stream; `-eager`: no CUDA-graph capture of the step; `-nocl`: no channels-last frames; `-ckpt`: activation checkpointing;
  `-notap`: fp32 output conv by cuDNN; `-mb50`: torch.compile's activation memory budget 0.5;
@@ -94,6 +94,8 @@ def parse_row(name: str) -> tuple[str, dict]:
             over["wubu_side_stream"] = False
         elif p == "clmaps":  # with -compile: the norms' outputs pinned channels-last-3d (--channels_last_maps)
             over["channels_last_maps"] = True
+        elif p == "splitgn":  # GroupNorm's statistics in chunks of rows (--split_norm_stats)
+            over["split_norm_stats"] = True
         elif p == "eagercodes":  # with -compile: the WuBu region codes uncompiled on the side stream
             over["compile_region_codes"] = False
         elif p == "cwubu":  # compile only the WuBu stacks (the many small hyperbolic ops), convs stay eager

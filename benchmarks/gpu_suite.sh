@@ -9,7 +9,8 @@
 #   bash benchmarks/gpu_suite.sh round4      (issue 19: the original, then whole-player compilation in fp32 and at batch 32)
 #   bash benchmarks/gpu_suite.sh diag        (issue 19: each conv alone, profiles of the eager and compiled step, compiled fp32)
 #   bash benchmarks/gpu_suite.sh codes       (issue 19: --compile with the WuBu codes uncompiled, cold and repeat, beside whole-player compilation)
-#   bash benchmarks/gpu_suite.sh round5      (issue 19: the original, --channels_last_maps and the codes uncompiled beside whole-player compilation)
+#   bash benchmarks/gpu_suite.sh round5      (issue 19: the original, whole-player compilation, with --channels_last_maps, and
+#                                             with --split_norm_stats too; GroupNorm alone)
 #   bash benchmarks/gpu_suite.sh kernels     (the fp32 output conv: taps against cuDNN alone and in the step; copies)
 #   bash benchmarks/gpu_suite.sh ddpscale ddpcurve     (issue 7, on a machine with 4 or 8 GPUs: DDP on 1, 2, 4, 8 GPUs)
 #
@@ -93,24 +94,23 @@ for s in $sections; do
       gzip -c /tmp/output_code.txt > "$OUT/output_code.txt.gz"
       one timeout 70 python3 $B --json "$OUT/codes_repeat.json" --rows launcher-bf16-b4-compile-eagercodes
       one timeout 170 python3 $B --json "$OUT/codes_whole.json" --rows launcher-bf16-b4-compile ;;
-    round5)  # issue 19 after session 10 (the copies before every 3-D conv's backward; the WuBu codes out of the
-      # graphs): the original first; whole-player compilation as it was and with the norms' maps pinned channels-last
-      # (--channels_last_maps), each cold; the same with the codes uncompiled; a repeat run of the last; one profile
-      # row without graphs to see the copies gone. Timeouts add up to 580 s (a call: 600)
+    round5)  # issue 19 after session 10 (the copies before every 3-D conv's backward; GroupNorm's few-row reductions):
+      # the original first; whole-player compilation as it was, and with the norms' maps pinned channels-last
+      # (--channels_last_maps) and GroupNorm's statistics in chunks (--split_norm_stats), each cold, and a repeat run;
+      # GroupNorm alone at the step's map shapes; last (the call may cut it), --channels_last_maps alone. Timeouts add
+      # up to 590 s (a call: 600; a cold compiled row took 92-125 s of set-up before its steps)
       # (each row its own empty inductor cache, so every set-up is a cold one; the repeat reuses its row's)
       [ -f .gpu/original/ref.py ] && one timeout 70 bash .gpu/original/run_launcher.sh | tee "$OUT/original.txt"
       c=/tmp/r5_inductor
-      one timeout 150 env TORCHINDUCTOR_CACHE_DIR=$c/clmaps python3 $B --json "$OUT/r5_clmaps.json" \
-        --rows launcher-bf16-b4-compile-clmaps
-      one timeout 130 env TORCHINDUCTOR_CACHE_DIR=$c/whole python3 $B --json "$OUT/r5_whole.json" \
+      one timeout 150 env TORCHINDUCTOR_CACHE_DIR=$c/whole python3 $B --json "$OUT/r5_whole.json" \
         --rows launcher-bf16-b4-compile
-      one timeout 130 env TORCHINDUCTOR_CACHE_DIR=$c/codes python3 $B --json "$OUT/r5_codes.json" \
-        --rows launcher-bf16-b4-compile-eagercodes-clmaps
-      one timeout 40 env TORCHINDUCTOR_CACHE_DIR=$c/codes python3 $B --json "$OUT/r5_repeat.json" \
-        --rows launcher-bf16-b4-compile-eagercodes-clmaps
-      one timeout 60 env TORCHINDUCTOR_CACHE_DIR=$c/codes python3 $B --json "$OUT/r5_prof.json" --profile /tmp/prof \
-        --rows launcher-bf16-b4-compile-eagercodes-clmaps-eager
-      (cd /tmp && tar czf "$OUT/prof.tgz" prof) ;;
+      one timeout 150 env TORCHINDUCTOR_CACHE_DIR=$c/split python3 $B --json "$OUT/r5_split.json" \
+        --rows launcher-bf16-b4-compile-clmaps-splitgn
+      one timeout 40 env TORCHINDUCTOR_CACHE_DIR=$c/split python3 $B --json "$OUT/r5_repeat.json" \
+        --rows launcher-bf16-b4-compile-clmaps-splitgn
+      one timeout 40 python3 benchmarks/norm_kernels.py --json "$OUT/r5_norms.json" | tee "$OUT/r5_norms.txt"
+      one timeout 140 env TORCHINDUCTOR_CACHE_DIR=$c/clmaps python3 $B --json "$OUT/r5_clmaps.json" \
+        --rows launcher-bf16-b4-compile-clmaps ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap
          one timeout 300 python3 benchmarks/probe_copies.py --precision bf16 | tee "$OUT/copies_bf16.txt" ;;

@@ -427,6 +427,13 @@ class TrainConfig:
         False, "with --compile and --channels_last, keep the plain backbone's and the spatio-temporal D's maps "
         "channels-last-3d after every norm (the layout of their convs: no copies before the convs' backward; the same "
         "values)", group="speed")
+    # GroupNorm's statistics are one reduction per (sample, group): 32 rows at batch 4, which inductor ran on a few dozen
+    # thread blocks (GroupNorm's kernels: 4.0 ms of a 23.4 ms compiled step on an H100, docs/benchmarks.md, session 10).
+    # On, they are taken per (sample, channel, chunk of rows) and combined exactly (models/group_norm.py). Not yet timed
+    # on a GPU, hence off
+    split_norm_stats: bool = opt(
+        False, "take every GroupNorm's statistics in chunks of rows, combined exactly (many-row reductions forward and "
+        "backward; the same function)", group="speed")
     # in fp32 on CUDA, the generator's output conv (3 output channels, where cuDNN is slow) runs as a 1x1 conv and a
     # shifted sum over its kernel taps: the same function, 4.1 -> 2.3 ms forward + backward on an H100 (models/tapconv.py);
     # bf16 keeps cuDNN's kernel, faster there

@@ -1,0 +1,95 @@
+"""GroupNorm with its statistics taken in chunks: the same function as nn.GroupNorm, written so that every reduction,
+forward and backward, has many rows.
+
+GroupNorm's statistics are one reduction per (sample, group): at batch 4 and 8 groups, 32 rows of 1.6 M elements for
+a 64-channel 3-frame 256x256 map. Inductor lowered those (and their backward) as reductions over a few dozen thread
+blocks on a 132-SM card: 4.0 ms of a 23.4 ms compiled launcher step on an H100 went to GroupNorm's kernels, about four
+times their memory-traffic floor (docs/benchmarks.md, session 10). Here the statistics are first taken per (sample,
+channel, chunk of rows) and then combined exactly (Chan et al.'s pairwise variance over equal-sized parts), and the mean
+and inverse std are broadcast back through the same (sample, channel, chunk) shape, so the gradients' reductions also
+have B*C*K rows instead of B*G. The parts are a view of the map in either memory layout (contiguous or
+channels-last-3d): nothing is copied.
+
+`--split_norm_stats` (a runtime switch, not a model option: the same parameters, the same math up to float
+reordering).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def norm_chunks(height: int, target: int = 16) -> int:
+    """How many equal parts the rows (dim -2) of a map are split into: the largest power of two up to `target` that
+    divides `height` (1 when it is odd)."""
+    k = 1
+    while k * 2 <= target and height % (k * 2) == 0:
+        k *= 2
+    return k
+
+
+def group_norm_split(x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float,
+                     chunks: int | None = None) -> Tensor:
+    """F.group_norm(x, groups, weight, bias, eps) for x (B, C, ..., H, W) with at least one spatial dim, statistics in
+    fp32 (or x's wider dtype) from `chunks` equal parts of dim -2 (of the last dim for (B, C, L) inputs; default
+    norm_chunks). -> x's shape and dtype (fp32 under CUDA's autocast, as F.group_norm there)."""
+    b, c = x.shape[:2]
+    if c % groups:
+        raise ValueError(f"{c} channels do not split into {groups} groups")
+    spatial = x.shape[2:]
+    if not spatial:
+        raise ValueError("group_norm_split needs at least one spatial dim")
+    stat_dtype = torch.promote_types(x.dtype, torch.float32)  # fp32 at least (float64 stays float64)
+    # as F.group_norm: CUDA's autocast runs it in fp32, the CPU's in the input's dtype
+    out_dtype = stat_dtype if x.is_cuda and torch.is_autocast_enabled("cuda") else x.dtype
+    xf = x.to(stat_dtype)
+    rows = spatial[-2] if len(spatial) >= 2 else spatial[-1]
+    k = chunks if chunks is not None else norm_chunks(rows)
+    if rows % k:
+        raise ValueError(f"dim of size {rows} does not split into {k} chunks")
+    # (B, C, *lead, K, rows/K, *trail): only splits a dim, so a view in any layout
+    split_at = x.dim() - 2 if len(spatial) >= 2 else x.dim() - 1
+    shape = (*x.shape[:split_at], k, rows // k, *x.shape[split_at + 1:])
+    xv = xf.view(shape)
+    chunk_dim = split_at
+    red = tuple(d for d in range(2, len(shape)) if d != chunk_dim)
+    var_k, mean_k = torch.var_mean(xv, dim=red, correction=0)  # (B, C, K)
+    # exact combination over the group's channels and chunks (all parts hold the same number of elements)
+    cg = c // groups
+    mk = mean_k.view(b, groups, cg * k)
+    mean = mk.mean(-1, keepdim=True)
+    var = var_k.view(b, groups, cg * k).mean(-1, keepdim=True) + (mk - mean).square().mean(-1, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    # broadcast back through (B, C, K), so the backward's reductions keep B*C*K rows
+    bshape = [b, c] + [1] * (len(shape) - 2)
+    bshape[chunk_dim] = k
+    mean_b = mean.expand(b, groups, cg * k).reshape(bshape)
+    rstd_b = rstd.expand(b, groups, cg * k).reshape(bshape)
+    y = (xv - mean_b) * rstd_b
+    if weight is not None:
+        wshape = [1, c] + [1] * (len(shape) - 2)
+        y = y * weight.to(stat_dtype).view(wshape)
+    if bias is not None:
+        y = y + bias.to(stat_dtype).view([1, c] + [1] * (len(shape) - 2))
+    return y.reshape(x.shape).to(out_dtype)
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm (the same parameters and state-dict keys) whose forward takes its statistics in chunks
+    (group_norm_split) while the runtime switch `split_stats` (--split_norm_stats) is on."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__(num_groups, num_channels, eps, affine)
+        self.split_stats = False  # a runtime switch, not a model option
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.split_stats and x.dim() >= 3:
+            return group_norm_split(x, self.num_groups, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
+def set_split_norm_stats(module: nn.Module, on: bool) -> int:
+    """Switch every GroupNorm of `module` (this module's class) to chunked statistics. -> how many."""
+    from wubugen.models.layers import set_runtime_switch
+
+    return set_runtime_switch(module, "split_stats", on)
