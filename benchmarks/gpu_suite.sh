@@ -11,6 +11,7 @@
 #   bash benchmarks/gpu_suite.sh codes       (issue 19: --compile with the WuBu codes uncompiled, cold and repeat, beside whole-player compilation)
 #   bash benchmarks/gpu_suite.sh round5      (issue 19: the original, whole-player compilation, with --channels_last_maps, and
 #                                             with --split_norm_stats too; GroupNorm alone)
+#   bash benchmarks/gpu_suite.sh round6      (issue 19: the original, fp32 compiled with and without a memory budget, bf16 at batch 32)
 #   bash benchmarks/gpu_suite.sh kernels     (the fp32 output conv: taps against cuDNN alone and in the step; copies)
 #   bash benchmarks/gpu_suite.sh ddpscale ddpcurve     (issue 7, on a machine with 4 or 8 GPUs: DDP on 1, 2, 4, 8 GPUs)
 #
@@ -111,6 +112,17 @@ for s in $sections; do
       one timeout 40 python3 benchmarks/norm_kernels.py --json "$OUT/r5_norms.json" | tee "$OUT/r5_norms.txt"
       one timeout 140 env TORCHINDUCTOR_CACHE_DIR=$c/clmaps python3 $B --json "$OUT/r5_clmaps.json" \
         --rows launcher-bf16-b4-compile-clmaps ;;
+    round6)  # issue 19's other bars with round5's options: the original first; fp32 compiled (10x at <= 2.51 GiB), plain
+      # and under torch.compile's activation memory budget (-mb50: its min-cut partitioner recomputes instead of
+      # saving); bf16 compiled at batch 32 (MFU at scale). R6_OPTS: the option suffix (round5's best). Timeouts: 580 s
+      o=${R6_OPTS:--clmaps-splitgn}; c=/tmp/r6_inductor
+      [ -f .gpu/original/ref.py ] && one timeout 70 bash .gpu/original/run_launcher.sh | tee "$OUT/original.txt"
+      one timeout 170 env TORCHINDUCTOR_CACHE_DIR=$c/fp32 python3 $B --json "$OUT/r6_fp32.json" \
+        --rows launcher-fp32-b4-compile$o
+      one timeout 170 env TORCHINDUCTOR_CACHE_DIR=$c/mb python3 $B --json "$OUT/r6_fp32_mb50.json" \
+        --rows launcher-fp32-b4-compile$o-mb50
+      one timeout 170 env TORCHINDUCTOR_CACHE_DIR=$c/b32 python3 benchmarks/bench_step.py --steps 15 --warmup 6 \
+        --json "$OUT/r6_b32.json" --rows launcher-bf16-b32-compile$o ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap
          one timeout 300 python3 benchmarks/probe_copies.py --precision bf16 | tee "$OUT/copies_bf16.txt" ;;
@@ -147,6 +159,6 @@ for s in $sections; do
       cp "$runs/n$w/metrics.jsonl" "$OUT/curve_n${w}xb4.jsonl"; cp "$runs/n1/metrics.jsonl" "$OUT/curve_n1xb$((4 * w)).jsonl"
       python3 benchmarks/ddp_report.py curves --out "$OUT/ddp_curves.png" "1xb$((4 * w))=$runs/n1/metrics.jsonl" \
         "${w}xb4=$runs/n$w/metrics.jsonl" | tee "$OUT/ddp_curves.md" ;;
-    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile round3 round4 diag codes round5)"; exit 2 ;;
+    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile round3 round4 diag codes round5 round6)"; exit 2 ;;
   esac
 done
