@@ -10,7 +10,10 @@ Formulations (the same math; `--check` compares them with float64 on the CPU):
 * `stack`: the 3 temporal taps stacked into channels, one 2-D conv per frame over (B*T, 3*C_in, H, W) channels-last
   (a copy of the input three times the size, one GEMM with K three times as deep);
 * `taps`: time-major frames (T*B, C, H, W) channels-last, one 2-D conv per temporal tap on the frames it reads,
-  summed into the output (no copy of the input, three GEMMs).
+  summed into the output (no copy of the input, three GEMMs);
+* `cols` (the layers with 3 channels on one side only, compiled by inductor so its gathers and sums are one kernel
+  each): 3 input channels, the input's patches gathered into K*3 channels (padded to a multiple of 8) and one 1x1x1
+  conv; 3 output channels (stride 1), models/tapconv.py's 1x1x1 conv to K*3 channels and a shifted sum.
 
 usage: python benchmarks/conv_layers.py [--check] [--dtype bf16|fp32] [--json out.json]
 """
@@ -112,6 +115,41 @@ def tapsum(layer: Layer, x: Tensor, w: Tensor) -> Tensor:
     return out + torch.cat([torch.zeros_like(prev[:b]), prev]) + torch.cat([nxt, torch.zeros_like(nxt[:b])])
 
 
+def patches(layer: Layer, x: Tensor, w: Tensor) -> Tensor:
+    """im2col: x (B, C, T, H, W) -> its (kt, kh, kw) patches as K*C channels (tap-major, zero channels up to a multiple
+    of 8: tensor-core tiles), then one 1x1x1 conv with the weight laid out alike."""
+    from itertools import product
+
+    (pt, ph, pw), (st, sh, sw), k = layer.p, layer.s, layer.k
+    t, h, ww = x.shape[2:]
+    to, ho, wo = ((n + 2 * p - kk) // s + 1 for n, p, kk, s in zip((t, h, ww), layer.p, k, layer.s))
+    xp = F.pad(x, (pw, pw, ph, ph, pt, pt))
+    cols = [xp[:, :, i:i + (to - 1) * st + 1:st, j:j + (ho - 1) * sh + 1:sh, l:l + (wo - 1) * sw + 1:sw]
+            for i, j, l in product(*(range(kk) for kk in k))]
+    kc = len(cols) * x.shape[1]
+    extra = -kc % 8
+    if extra:
+        cols.append(torch.zeros_like(cols[0][:, :1]).expand(-1, extra, -1, -1, -1))
+    c = torch.cat(cols, 1).contiguous(memory_format=torch.channels_last_3d)
+    w1 = F.pad(w.permute(0, 2, 3, 4, 1).reshape(w.shape[0], kc), (0, extra))[:, :, None, None, None]
+    return F.conv3d(c, w1.contiguous(memory_format=torch.channels_last_3d))
+
+
+def cols_form(layer: Layer):
+    """The `cols` formulation of a layer with 3 channels on one side, or None where it has none."""
+    if layer.cin == 3 and not layer.transposed:
+        return patches
+    if layer.cout == 3 and not layer.transposed and layer.s == (1, 1, 1):
+        sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "src"))
+        from wubugen.models.tapconv import tap_conv3d
+
+        return lambda _layer, x, w: tap_conv3d(x, w)
+    return None
+
+
+_COMPILED: dict[str, object] = {}
+
+
 def to_frames(x: Tensor, time_major: bool) -> Tensor:
     """(B, C, T, H, W) -> (B*T, C, H, W) frame-major or (T*B, ...) time-major, channels-last."""
     y = x.permute(2, 0, 1, 3, 4) if time_major else x.permute(0, 2, 1, 3, 4)
@@ -131,7 +169,7 @@ def make(layer: Layer, device, dtype, fmt: str, seed: int = 0) -> tuple[Tensor, 
     wshape = (layer.cin, layer.cout, *layer.k) if layer.transposed else (layer.cout, layer.cin, *layer.k)
     w = torch.randn(wshape, generator=g, dtype=torch.float64) / (layer.cin * 27) ** 0.5
     x, w = x.to(device, dtype), w.to(device, dtype)
-    if fmt == "cl":
+    if fmt in ("cl", "cols"):
         x, w = x.contiguous(memory_format=torch.channels_last_3d), w.contiguous(memory_format=torch.channels_last_3d)
     elif fmt in ("stack", "taps"):
         x = to_frames(x, fmt == "taps")
@@ -139,12 +177,21 @@ def make(layer: Layer, device, dtype, fmt: str, seed: int = 0) -> tuple[Tensor, 
 
 
 def run(layer: Layer, fmt: str, x: Tensor, w: Tensor) -> Tensor:
+    if fmt == "cols":
+        form = cols_form(layer)
+        if form is None:
+            raise NotImplementedError("no cols form")
+        if x.is_cuda:
+            if layer.name not in _COMPILED:
+                _COMPILED[layer.name] = torch.compile(lambda x, w, _f=form, _l=layer: _f(_l, x, w), dynamic=False)
+            return _COMPILED[layer.name](x, w)
+        return form(layer, x, w)
     if fmt in ("nc", "cl"):
         return conv3d(layer, x, w)
     return stacked(layer, x, w) if fmt == "stack" else tapsum(layer, x, w)
 
 
-FORMATS = ("nc", "cl", "stack", "taps")
+FORMATS = ("nc", "cl", "stack", "taps", "cols")
 
 
 def check() -> None:
@@ -160,6 +207,10 @@ def check() -> None:
             err = ((got - ref).norm() / ref.norm()).item()
             worst = max(worst, err)
             assert err < 1e-12, (L.name, fmt, err)
+        if cols_form(small) is not None:
+            err = ((run(small, "cols", x.detach(), w.detach()) - ref).norm() / ref.norm()).item()
+            worst = max(worst, err)
+            assert err < 1e-12, (L.name, "cols", err)
     print(f"check: every formulation equals the 3-D conv (worst relative error {worst:.1e})")
 
 

@@ -12,6 +12,7 @@
 #   bash benchmarks/gpu_suite.sh round5      (issue 19: the original, whole-player compilation, with --channels_last_maps, and
 #                                             with --split_norm_stats too; GroupNorm alone)
 #   bash benchmarks/gpu_suite.sh round6      (issue 19: the original, fp32 compiled with and without a memory budget, bf16 at batch 32)
+#   bash benchmarks/gpu_suite.sh cols        (issue 19: the 3-channel convs as patches + a 1x1x1 conv, or taps, against cuDNN)
 #   bash benchmarks/gpu_suite.sh kernels     (the fp32 output conv: taps against cuDNN alone and in the step; copies)
 #   bash benchmarks/gpu_suite.sh ddpscale ddpcurve     (issue 7, on a machine with 4 or 8 GPUs: DDP on 1, 2, 4, 8 GPUs)
 #
@@ -123,6 +124,7 @@ for s in $sections; do
         --rows launcher-fp32-b4-compile$o-mb50
       one timeout 170 env TORCHINDUCTOR_CACHE_DIR=$c/b32 python3 benchmarks/bench_step.py --steps 15 --warmup 6 \
         --json "$OUT/r6_b32.json" --rows launcher-bf16-b32-compile$o ;;
+    cols) one timeout 150 python3 benchmarks/conv_layers.py --formats cl,cols --json "$OUT/cols.json" | tee "$OUT/cols.txt" ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap
          one timeout 300 python3 benchmarks/probe_copies.py --precision bf16 | tee "$OUT/copies_bf16.txt" ;;
@@ -159,6 +161,6 @@ for s in $sections; do
       cp "$runs/n$w/metrics.jsonl" "$OUT/curve_n${w}xb4.jsonl"; cp "$runs/n1/metrics.jsonl" "$OUT/curve_n1xb$((4 * w)).jsonl"
       python3 benchmarks/ddp_report.py curves --out "$OUT/ddp_curves.png" "1xb$((4 * w))=$runs/n1/metrics.jsonl" \
         "${w}xb4=$runs/n$w/metrics.jsonl" | tee "$OUT/ddp_curves.md" ;;
-    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile round3 round4 diag codes round5 round6)"; exit 2 ;;
+    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile round3 round4 diag codes round5 round6 cols)"; exit 2 ;;
   esac
 done
