@@ -90,6 +90,7 @@ class GroupNorm(nn.GroupNorm):
 
 def set_split_norm_stats(module: nn.Module, on: bool) -> int:
     """Switch every GroupNorm of `module` (this module's class) to chunked statistics. -> how many."""
-    from wubugen.models.layers import set_runtime_switch
-
-    return set_runtime_switch(module, "split_stats", on)
+    norms = [m for m in module.modules() if isinstance(m, GroupNorm)]
+    for m in norms:
+        m.split_stats = on
+    return len(norms)

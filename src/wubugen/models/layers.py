@@ -6,13 +6,12 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from wubugen.gaad import gaad_boxes, region_masks
+from wubugen.models.group_norm import GroupNorm
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
     """nn.GroupNorm with 8 groups (1 for few channels): models/group_norm.py's subclass, whose statistics can be taken
     in chunks (--split_norm_stats)."""
-    from wubugen.models.group_norm import GroupNorm
-
     groups = 8 if channels % 8 == 0 and channels >= 16 else 1
     return GroupNorm(groups, channels)
 
