@@ -146,3 +146,32 @@ def test_channels_last_maps_pin_every_conv_input_after_a_norm_and_change_no_valu
     assert {n.split(":")[1].split(".")[0] for n in after_norm} >= {"encoder", "generator", "blocks", "head"}, after_norm
     assert all(lay_on[n] for n in after_norm), [n for n in after_norm if not lay_on[n]]
     assert not any(lay_off[n] for n in after_norm), lay_off
+
+
+def test_players_compile_with_static_shapes_when_d_sees_two_batch_sizes(monkeypatch):
+    """D runs at two batch sizes in a step (the generator's term on B fakes with input gradients, D's own step on 2B
+    detached clips): each gets its own static graph, where dynamo's automatic dynamic shapes had recompiled the second
+    with a symbolic batch dim."""
+    from wubugen.models.discriminator import build_discriminator
+    from wubugen.train import speed
+
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)])
+        assert not any(isinstance(d, torch.SymInt) for t in example_inputs if isinstance(t, torch.Tensor)
+                       for d in t.shape), "a symbolic dim"
+        assert not any(isinstance(t, torch.SymInt) for t in example_inputs), "a symbolic size argument"
+        return gm.forward
+
+    cfg, _ = _plain_tiny()
+    disc = build_discriminator(cfg.model, cfg.geometry)
+    torch._dynamo.reset()
+    monkeypatch.setattr(speed, "COMPILE_BACKEND", keep)
+    frozen, step = speed.compile_player(disc), speed.compile_player(disc)
+    clip = torch.rand(2, cfg.window_frames, 3, cfg.data.image_h, cfg.data.image_w) * 2 - 1
+    frozen(clip.clone().requires_grad_()).sum().backward()
+    step(torch.cat([clip, clip], 0)).sum()
+    step(torch.cat([clip, clip], 0)).sum()  # the same shape again: no third graph
+    torch._dynamo.reset()
+    assert len(graphs) == 2, graphs

@@ -122,7 +122,7 @@ def test_compile_mode_is_checked_and_reaches_torch_compile(monkeypatch):
     seen = {}
     monkeypatch.setattr(torch, "compile", lambda module, **kw: seen.update(kw) or module)
     compile_player(torch.nn.Linear(2, 2), cfg.train.compile_mode)
-    assert seen == {"mode": "max-autotune-no-cudagraphs"}
+    assert seen == {"mode": "max-autotune-no-cudagraphs", "dynamic": False}
 
 
 # ---- the schema's metadata: descriptions, groups, ranges -------------------------------------------------------------

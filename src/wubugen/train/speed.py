@@ -102,13 +102,18 @@ COMPILE_BACKEND = "inductor"
 def compile_player(module: nn.Module, mode: str = "default") -> nn.Module:
     """torch.compile for the training step's players (`mode`: `--compile_mode`). Inductor draws random numbers with
     torch's own ops (fallback_random), so a compiled run samples the same posterior noise and dropout masks as an eager
-    one, and the CUDA-graph capture sees ordinary RNG ops."""
+    one, and the CUDA-graph capture sees ordinary RNG ops.
+
+    Static shapes (dynamic=False): training batches are all one size (drop_last), but D is called at two batch sizes
+    (the generator's term on the fakes, D's own step on reals and fakes), and dynamo's automatic dynamic shapes then
+    recompiled D's training graph with a symbolic batch dim (kernels for any batch, more to compile; and its profile
+    in the cache dir makes later runs start dynamic). Each shape now gets its own static graph."""
     import torch._inductor.config as inductor_config
 
     inductor_config.fallback_random = True
     if COMPILE_BACKEND != "inductor":
-        return torch.compile(module, backend=COMPILE_BACKEND)
-    return torch.compile(module, mode=mode)
+        return torch.compile(module, backend=COMPILE_BACKEND, dynamic=False)
+    return torch.compile(module, mode=mode, dynamic=False)
 
 
 def use_cuda_graphs(cfg: Config, device: torch.device, world_size: int) -> bool:
