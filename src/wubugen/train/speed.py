@@ -106,8 +106,8 @@ def compile_player(module: nn.Module, mode: str = "default") -> nn.Module:
 
     Static shapes (dynamic=False): training batches are all one size (drop_last), but D is called at two batch sizes
     (the generator's term on the fakes, D's own step on reals and fakes), and dynamo's automatic dynamic shapes then
-    recompiled D's training graph with a symbolic batch dim (kernels for any batch, more to compile; and its profile
-    in the cache dir makes later runs start dynamic). Each shape now gets its own static graph."""
+    recompiled D's training graph with a symbolic batch dim (kernels for any batch size). Each shape now gets its
+    own static graph."""
     import torch._inductor.config as inductor_config
 
     inductor_config.fallback_random = True
