@@ -140,6 +140,8 @@ def cols_form(layer: Layer):
     if layer.cin == 3 and not layer.transposed:
         return patches
     if layer.cout == 3 and not layer.transposed and layer.s == (1, 1, 1):
+        # tap_conv3d pads each dim by k // 2 ('same')
+        assert layer.p == tuple(k // 2 for k in layer.k), (layer.name, layer.p)
         sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "src"))
         from wubugen.models.tapconv import tap_conv3d
 

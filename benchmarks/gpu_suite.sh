@@ -10,7 +10,7 @@
 #   bash benchmarks/gpu_suite.sh diag        (issue 19: each conv alone, profiles of the eager and compiled step, compiled fp32)
 #   bash benchmarks/gpu_suite.sh codes       (issue 19: --compile with the WuBu codes uncompiled, cold and repeat, beside whole-player compilation)
 #   bash benchmarks/gpu_suite.sh round5      (issue 19: the original, whole-player compilation, with --channels_last_maps and
-#                                             --split_norm_stats; GroupNorm alone; the 3-channel convs as cols)
+#                                             --split_norm_stats, and with the first alone; GroupNorm alone)
 #   bash benchmarks/gpu_suite.sh round6      (issue 19: the original, fp32 compiled with and without a memory budget, bf16 at batch 32)
 #   bash benchmarks/gpu_suite.sh cols        (issue 19: the 3-channel convs as patches + a 1x1x1 conv, or taps, against cuDNN)
 #   bash benchmarks/gpu_suite.sh kernels     (the fp32 output conv: taps against cuDNN alone and in the step; copies)
@@ -99,24 +99,24 @@ for s in $sections; do
     round5)  # issue 19 after session 10 (the copies before every 3-D conv's backward; GroupNorm's few-row reductions):
       # the original first; whole-player compilation as it was, and with the norms' maps pinned channels-last
       # (--channels_last_maps) and GroupNorm's statistics in chunks (--split_norm_stats), each cold, and a repeat run;
-      # GroupNorm alone at the step's map shapes; last (the call may cut it), the 3-channel convs as patches or taps
-      # against cuDNN (conv_layers cols). Timeouts add up to 580 s (a call: 600; a cold compiled row took 92-125 s of
-      # set-up before its steps)
+      # GroupNorm alone at the step's map shapes; last (the call may cut it), --channels_last_maps alone, which says
+      # what each option brings. Timeouts add up to 590 s (a call: 600; a cold compiled row took 92-125 s of set-up)
       # (each row its own empty inductor cache, so every set-up is a cold one; the repeat reuses its row's)
       [ -f .gpu/original/ref.py ] && one timeout 70 bash .gpu/original/run_launcher.sh | tee "$OUT/original.txt"
       c=/tmp/r5_inductor
-      one timeout 150 env TORCHINDUCTOR_CACHE_DIR=$c/whole python3 $B --json "$OUT/r5_whole.json" \
+      one timeout 140 env TORCHINDUCTOR_CACHE_DIR=$c/whole python3 $B --json "$OUT/r5_whole.json" \
         --rows launcher-bf16-b4-compile
-      one timeout 150 env TORCHINDUCTOR_CACHE_DIR=$c/split python3 $B --json "$OUT/r5_split.json" \
+      one timeout 140 env TORCHINDUCTOR_CACHE_DIR=$c/split python3 $B --json "$OUT/r5_split.json" \
         --rows launcher-bf16-b4-compile-clmaps-splitgn
       one timeout 40 env TORCHINDUCTOR_CACHE_DIR=$c/split python3 $B --json "$OUT/r5_repeat.json" \
         --rows launcher-bf16-b4-compile-clmaps-splitgn
-      one timeout 40 python3 benchmarks/norm_kernels.py --json "$OUT/r5_norms.json" | tee "$OUT/r5_norms.txt"
-      one timeout 130 python3 benchmarks/conv_layers.py --formats cl,cols --json "$OUT/cols.json" | tee "$OUT/cols.txt" ;;
+      one timeout 60 python3 -u benchmarks/norm_kernels.py --json "$OUT/r5_norms.json" | tee "$OUT/r5_norms.txt"
+      one timeout 140 env TORCHINDUCTOR_CACHE_DIR=$c/clmaps python3 $B --json "$OUT/r5_clmaps.json" \
+        --rows launcher-bf16-b4-compile-clmaps ;;
     round6)  # issue 19's other bars with round5's options: the original first; fp32 compiled (10x at <= 2.51 GiB), plain
       # and under torch.compile's activation memory budget (-mb50: its min-cut partitioner recomputes instead of
       # saving); bf16 compiled at batch 32 (MFU at scale). R6_OPTS: the option suffix (round5's best). Timeouts: 580 s
-      o=${R6_OPTS:--clmaps-splitgn}; c=/tmp/r6_inductor
+      o=${R6_OPTS--clmaps-splitgn}; c=/tmp/r6_inductor
       [ -f .gpu/original/ref.py ] && one timeout 70 bash .gpu/original/run_launcher.sh | tee "$OUT/original.txt"
       one timeout 170 env TORCHINDUCTOR_CACHE_DIR=$c/fp32 python3 $B --json "$OUT/r6_fp32.json" \
         --rows launcher-fp32-b4-compile$o

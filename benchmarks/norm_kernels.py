@@ -99,9 +99,9 @@ def main() -> None:
         check()
         return
     bw = copy_bandwidth()
-    print(f"{torch.cuda.get_device_name()}, copy bandwidth {bw:.0f} GB/s")
+    print(f"{torch.cuda.get_device_name()}, copy bandwidth {bw:.0f} GB/s", flush=True)
     rows = []
-    print("| map | F.group_norm (ms) | chunked (ms) | floor (ms) |\n|---|---|---|---|")
+    print("| map | F.group_norm (ms) | chunked (ms) | floor (ms) |\n|---|---|---|---|", flush=True)
     for shape in SHAPES:
         n = shape[1] * shape[2] * shape[3] * shape[4] * shape[5]
         floor = n * 2 * 5 / (bw * 1e9) * 1e3  # x, y forward; x, dy, dx backward; 2 bytes each
@@ -110,11 +110,10 @@ def main() -> None:
             torch._dynamo.reset()
             r[name + "_ms"] = time_fn(torch.compile(fn, dynamic=False), shape)
         rows.append(r)
-        print(f"| {r['map']} | {r['plain_ms']:.3f} | {r['split_ms']:.3f} | {floor:.3f} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "copy_GBps": bw,
-                                               "rows": rows}, indent=1))
-
+        print(f"| {r['map']} | {r['plain_ms']:.3f} | {r['split_ms']:.3f} | {floor:.3f} |", flush=True)
+        if args.json:  # after every row: a call cut short keeps what it measured
+            Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "copy_GBps": bw,
+                                                   "rows": rows}, indent=1))
 
 if __name__ == "__main__":
     main()

@@ -57,7 +57,13 @@ def test_low_precision_input_keeps_its_dtype_and_the_statistics_are_fp32():
     torch.testing.assert_close(got.float(), F.group_norm(x.double(), 8, eps=1e-5).float(), rtol=0.02, atol=0.02)
 
 
-def test_switch_on_the_plain_backbone_changes_no_output_or_gradient():
+def test_switch_runs_inside_compiled_graphs_only_and_changes_no_output_or_gradient(monkeypatch):
+    """On, the plain backbone's GroupNorms take the chunked form while torch.compile traces them (aot_eager here) and
+    GroupNorm's own kernel in eager calls (validation, sampling); outputs and gradients are the ones without it."""
+    import wubugen.models.group_norm as gn
+
+    calls = []
+    monkeypatch.setattr(gn, "group_norm_split", lambda *a, **k: calls.append(1) or group_norm_split(*a, **k))
     cfg = build_config("tiny", overrides={"backbone": "plain"})
     torch.manual_seed(0)
     model = build_model(cfg.model, cfg.geometry)
@@ -65,18 +71,26 @@ def test_switch_on_the_plain_backbone_changes_no_output_or_gradient():
     assert n_norms >= 4 and all(isinstance(m, GroupNorm) for m in model.modules() if isinstance(m, torch.nn.GroupNorm))
     clip = torch.rand(2, cfg.window_frames, 3, cfg.data.image_h, cfg.data.image_w) * 2 - 1
     results = []
-    for on in (False, True):
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", dynamic=False)
+    for on, net in ((False, model), (True, model), (True, compiled)):
         assert set_split_norm_stats(model, on) == n_norms
         model.zero_grad()
+        calls.clear()
         torch.manual_seed(1)
-        out = model(clip, None)
+        out = net(clip, None)
         (out.recon.square().mean() + out.mu.square().mean()).backward()
-        results.append((out.recon.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
-    (r0, g0), (r1, g1) = results
-    torch.testing.assert_close(r1, r0, rtol=1e-4, atol=1e-5)
-    assert len(g0) == len(g1)
-    for a, c in zip(g0, g1):
-        torch.testing.assert_close(c, a, rtol=1e-3, atol=1e-5)
+        results.append((out.recon.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None],
+                        len(calls)))
+    torch._dynamo.reset()
+    (r0, g0, c0), (r1, g1, c1), (r2, g2, c2) = results
+    assert c0 == 0 and c1 == 0, "eager calls keep GroupNorm's kernel"
+    assert c2 >= n_norms, "every GroupNorm takes the chunked form in the compiled graph"
+    for r, g in ((r1, g1), (r2, g2)):
+        torch.testing.assert_close(r, r0, rtol=1e-4, atol=1e-5)
+        assert len(g) == len(g0)
+        for a, c in zip(g0, g):
+            torch.testing.assert_close(c, a, rtol=1e-3, atol=1e-5)
 
 
 def test_trainer_option_switches_every_group_norm():
@@ -84,5 +98,6 @@ def test_trainer_option_switches_every_group_norm():
 
     cfg = build_config("tiny", overrides={"backbone": "plain", "split_norm_stats": True})
     players = build_players(cfg, torch.device("cpu"))
+    # the model's (D normalises with InstanceNorm)
     norms = [m for net in (players.model, players.disc) for m in net.modules() if isinstance(m, GroupNorm)]
     assert norms and all(m.split_stats for m in norms)

@@ -429,12 +429,12 @@ class TrainConfig:
         "values)", group="speed")
     # GroupNorm's statistics are one reduction per (sample, group): 32 rows at batch 4, which inductor ran on a few dozen
     # thread blocks (GroupNorm's kernels: 4.0 ms of a 23.4 ms compiled step on an H100, docs/benchmarks.md, session 10).
-    # On, they are taken per (sample, channel, chunk of rows) and combined exactly (models/group_norm.py). Meant for
-    # --compile: eagerly, autograd keeps its intermediates (4 map-sized fp32 tensors per norm against GroupNorm's 2,
-    # counted on the CPU). Not yet timed on a GPU, hence off
+    # On, they are taken per (sample, channel, chunk of rows) and combined exactly (models/group_norm.py), inside
+    # --compile's graphs only: eagerly it would be more kernels than GroupNorm's own (validation, sampling and the
+    # EMA's passes run the same modules uncompiled). Not yet timed on a GPU, hence off
     split_norm_stats: bool = opt(
-        False, "take every GroupNorm's statistics in chunks of rows, combined exactly (many-row reductions forward and "
-        "backward; the same function; for --compile: eagerly it keeps twice GroupNorm's activations)", group="speed")
+        False, "with --compile, take every GroupNorm's statistics in chunks of rows, combined exactly (many-row "
+        "reductions forward and backward; the same function)", group="speed")
     # in fp32 on CUDA, the generator's output conv (3 output channels, where cuDNN is slow) runs as a 1x1 conv and a
     # shifted sum over its kernel taps: the same function, 4.1 -> 2.3 ms forward + backward on an H100 (models/tapconv.py);
     # bf16 keeps cuDNN's kernel, faster there

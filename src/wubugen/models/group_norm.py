@@ -8,10 +8,11 @@ times their memory-traffic floor (docs/benchmarks.md, session 10). Here the stat
 channel, chunk of rows) and then combined exactly (Chan et al.'s pairwise variance over equal-sized parts), and the mean
 and inverse std are broadcast back through the same (sample, channel, chunk) shape, so the gradients' reductions also
 have B*C*K rows instead of B*G. The parts are a view of the map in either memory layout (contiguous or
-channels-last-3d): nothing is copied.
+channels-last-3d): no layout copy (a bf16 map is cast to fp32 for the statistics, as autocast's GroupNorm does).
 
 `--split_norm_stats` (a runtime switch, not a model option: the same parameters, the same math up to float
-reordering).
+reordering), used inside torch.compile's graphs only (`--compile`; `--compile_norms`' fused function keeps
+F.group_norm).
 """
 from __future__ import annotations
 
@@ -60,30 +61,34 @@ def group_norm_split(x: Tensor, groups: int, weight: Tensor | None, bias: Tensor
     mean = mk.mean(-1, keepdim=True)
     var = var_k.view(b, groups, cg * k).mean(-1, keepdim=True) + (mk - mean).square().mean(-1, keepdim=True)
     rstd = torch.rsqrt(var + eps)
-    # broadcast back through (B, C, K), so the backward's reductions keep B*C*K rows
-    bshape = [b, c] + [1] * (len(shape) - 2)
-    bshape[chunk_dim] = k
-    mean_b = mean.expand(b, groups, cg * k).reshape(bshape)
-    rstd_b = rstd.expand(b, groups, cg * k).reshape(bshape)
-    y = (xv - mean_b) * rstd_b
+    # one scale and shift per (B, C, K), broadcast back through that shape: the backward's reductions keep B*C*K
+    # rows, and autograd keeps the map once (xv) besides them
+    kshape = [b, c] + [1] * (len(shape) - 2)
+    kshape[chunk_dim] = k
+    scale = rstd.expand(b, groups, cg * k).reshape(b, c, k)
+    shift = -mean.expand(b, groups, cg * k).reshape(b, c, k) * scale
     if weight is not None:
-        wshape = [1, c] + [1] * (len(shape) - 2)
-        y = y * weight.to(stat_dtype).view(wshape)
+        w = weight.to(stat_dtype).view(1, c, 1)
+        scale, shift = scale * w, shift * w
     if bias is not None:
-        y = y + bias.to(stat_dtype).view([1, c] + [1] * (len(shape) - 2))
+        shift = shift + bias.to(stat_dtype).view(1, c, 1)
+    y = xv * scale.reshape(kshape) + shift.reshape(kshape)
     return y.reshape(x.shape).to(out_dtype)
 
 
 class GroupNorm(nn.GroupNorm):
     """nn.GroupNorm (the same parameters and state-dict keys) whose forward takes its statistics in chunks
-    (group_norm_split) while the runtime switch `split_stats` (--split_norm_stats) is on."""
+    (group_norm_split) inside torch.compile's graphs while the runtime switch `split_stats` (--split_norm_stats) is
+    on; eager calls run GroupNorm's own kernel."""
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True):
         super().__init__(num_groups, num_channels, eps, affine)
         self.split_stats = False  # a runtime switch, not a model option
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.split_stats and x.dim() >= 3:
+        # only inside torch.compile's tracing: eagerly (validation, sampling, the EMA's passes through the same
+        # modules) it is more kernels and keeps more for the backward than GroupNorm's own
+        if self.split_stats and x.dim() >= 3 and torch.compiler.is_compiling():
             return group_norm_split(x, self.num_groups, self.weight, self.bias, self.eps)
         return super().forward(x)
 
