@@ -23,10 +23,15 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from wubugen.models.tapconv import tap_conv3d  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -142,9 +147,6 @@ def cols_form(layer: Layer):
     if layer.cout == 3 and not layer.transposed and layer.s == (1, 1, 1):
         # tap_conv3d pads each dim by k // 2 ('same')
         assert layer.p == tuple(k // 2 for k in layer.k), (layer.name, layer.p)
-        sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "src"))
-        from wubugen.models.tapconv import tap_conv3d
-
         return lambda _layer, x, w: tap_conv3d(x, w)
     return None
 
@@ -227,7 +229,12 @@ def time_layer(layer: Layer, fmt: str, dtype, iters: int = 20) -> float:
             gy = torch.randn_like(y)
         y.backward(gy)
 
-    for _ in range(5):
+    return median_ms(once, iters)
+
+
+def median_ms(once, iters: int = 20, warmup: int = 5) -> float:
+    """Median CUDA-event time of `once()` in ms, after `warmup` untimed calls (also norm_kernels.py's timer)."""
+    for _ in range(warmup):
         once()
     torch.cuda.synchronize()
     times = []

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from conv_layers import median_ms  # noqa: E402  (the same timer)
 from wubugen.models.group_norm import group_norm_split  # noqa: E402
 
 # (name, B, C, T, H, W): the plain backbone's maps at batch 4 (8 groups), D's at batch 8 are InstanceNorm's
@@ -62,18 +63,7 @@ def time_fn(fn, shape, iters: int = 30) -> float:
     def once():
         fn(x, wt, bs).backward(gy)
 
-    for _ in range(5):
-        once()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        once()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
-    return sorted(times)[len(times) // 2]
+    return median_ms(once, iters)
 
 
 def check() -> None:

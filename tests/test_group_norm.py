@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from wubugen.config import build_config
-from wubugen.models.group_norm import GroupNorm, group_norm_split, norm_chunks, set_split_norm_stats
+from wubugen.models.group_norm import GroupNorm, group_norm_split, norm_chunks
+from wubugen.models.layers import set_split_norm_stats
 from wubugen.models.vaegan import build_model
 
 

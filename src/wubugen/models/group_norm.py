@@ -52,8 +52,7 @@ def group_norm_split(x: Tensor, groups: int, weight: Tensor | None, bias: Tensor
     split_at = x.dim() - 2 if len(spatial) >= 2 else x.dim() - 1
     shape = (*x.shape[:split_at], k, rows // k, *x.shape[split_at + 1:])
     xv = xf.view(shape)
-    chunk_dim = split_at
-    red = tuple(d for d in range(2, len(shape)) if d != chunk_dim)
+    red = tuple(d for d in range(2, len(shape)) if d != split_at)
     var_k, mean_k = torch.var_mean(xv, dim=red, correction=0)  # (B, C, K)
     # exact combination over the group's channels and chunks (all parts hold the same number of elements)
     cg = c // groups
@@ -64,7 +63,7 @@ def group_norm_split(x: Tensor, groups: int, weight: Tensor | None, bias: Tensor
     # one scale and shift per (B, C, K), broadcast back through that shape: the backward's reductions keep B*C*K
     # rows, and autograd keeps the map once (xv) besides them
     kshape = [b, c] + [1] * (len(shape) - 2)
-    kshape[chunk_dim] = k
+    kshape[split_at] = k
     scale = rstd.expand(b, groups, cg * k).reshape(b, c, k)
     shift = -mean.expand(b, groups, cg * k).reshape(b, c, k) * scale
     if weight is not None:
@@ -92,10 +91,3 @@ class GroupNorm(nn.GroupNorm):
             return group_norm_split(x, self.num_groups, self.weight, self.bias, self.eps)
         return super().forward(x)
 
-
-def set_split_norm_stats(module: nn.Module, on: bool) -> int:
-    """Switch every GroupNorm of `module` (this module's class) to chunked statistics. -> how many."""
-    norms = [m for m in module.modules() if isinstance(m, GroupNorm)]
-    for m in norms:
-        m.split_stats = on
-    return len(norms)

@@ -167,6 +167,12 @@ def set_channels_last_maps(module: nn.Module, on: bool) -> int:
     return set_runtime_switch(module, "cl_maps", on)
 
 
+def set_split_norm_stats(module: nn.Module, on: bool) -> int:
+    """Take every GroupNorm's statistics in chunks inside compiled graphs (models/group_norm.py, the runtime switch
+    `split_stats`, --split_norm_stats). -> how many."""
+    return set_runtime_switch(module, "split_stats", on)
+
+
 def set_codes_outside_compile(module: nn.Module, on: bool) -> None:
     """Keep the WuBu region codes out of torch.compile's graphs (they run eagerly, on the side stream where
     set_codes_stream is on): the same kernels as uncompiled, so the same model. Acts on every submodule with a

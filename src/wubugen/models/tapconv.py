@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wubugen.models.layers import set_runtime_switch
+
 
 def _taps(kernel: tuple[int, int, int]) -> list[tuple[int, int, int]]:
     return list(itertools.product(*(range(k) for k in kernel)))
@@ -86,8 +88,6 @@ class TapConv3d(nn.Conv3d):
 
 
 def set_tap_convs(module: nn.Module, on: bool) -> int:
-    """Switch every TapConv3d inside `module` to the tap path (or back). -> how many were switched."""
-    convs = [m for m in module.modules() if isinstance(m, TapConv3d)]
-    for m in convs:
-        m.use_taps = on
-    return len(convs)
+    """Switch every TapConv3d inside `module` to the tap path (or back; the runtime switch `use_taps`). -> how many
+    were switched."""
+    return set_runtime_switch(module, "use_taps", on)

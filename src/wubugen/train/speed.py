@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from wubugen.config import Config
-from wubugen.models.group_norm import set_split_norm_stats
-from wubugen.models.layers import set_channels_last_maps, to_channels_last
+from wubugen.models.layers import set_channels_last_maps, set_split_norm_stats, to_channels_last
 from wubugen.models.tapconv import set_tap_convs
 
 
@@ -46,10 +45,10 @@ def speed_layout(cfg: Config, model: nn.Module, disc: nn.Module, device: torch.d
     """Kernel choices that leave the math alone, made once before DDP, EMA and the optimizers see the parameters:
     channels-last weights under torch.compile on CUDA (eagerly, GroupNorm's channels-last kernel made the step slower:
     56.1 vs 46.3 ms bf16 on an H100, docs/benchmarks.md), those whose norms are compiled under --compile_norms, and,
-    in fp32 on CUDA, the generator's output conv as taps; GroupNorm's chunked statistics (--split_norm_stats) on any
-    device."""
+    in fp32 on CUDA, the generator's output conv as taps; GroupNorm's chunked statistics inside compiled graphs
+    (--split_norm_stats)."""
     t = cfg.train
-    if t.split_norm_stats:  # the same function on any device (tested on the CPU); meant for compiled CUDA steps
+    if t.split_norm_stats:  # acts inside torch.compile's graphs only, on any device (models/group_norm.py)
         set_split_norm_stats(model, True)
         set_split_norm_stats(disc, True)
     if device.type != "cuda":
