@@ -25,6 +25,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -398,6 +399,7 @@ def main() -> None:
             gc.collect()
             torch.cuda.empty_cache()
         except Exception as err:  # noqa: BLE001 - one failing row must not lose the others
+            traceback.print_exc()  # the whole story on stderr; the row keeps the one-line summary
             row = {"row": name, "error": f"{type(err).__name__}: {err}"[:400]}
         row["card"] = card
         row["torch"] = torch.__version__

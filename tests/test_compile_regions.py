@@ -175,3 +175,28 @@ def test_players_compile_with_static_shapes_when_d_sees_two_batch_sizes(monkeypa
     step(torch.cat([clip, clip], 0)).sum()  # the same shape again: no third graph
     torch._dynamo.reset()
     assert len(graphs) == 2, graphs
+
+
+def test_every_run_in_a_process_compiles_its_players(monkeypatch):
+    """A plan's phases each build and compile their players in one process. Dynamo keeps compiled code per code object,
+    guarded on the module instances, so each build added entries to D's forward, and past torch's recompile limit (8)
+    later phases ran D uncompiled, silently: build_players now starts each compiled run from a clean slate."""
+    from wubugen.train import speed
+    from wubugen.train.players import build_players
+
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(speed, "COMPILE_BACKEND", keep)
+    cfg = build_config("tiny", overrides={"backbone": "plain", "compile": True})
+    clip = torch.rand(2, cfg.window_frames, 3, cfg.data.image_h, cfg.data.image_w) * 2 - 1
+    for run in range(5):  # 5 runs x 2 D graphs (batch B and 2B) would be 10 entries of one code object
+        players = build_players(cfg, torch.device("cpu"), log=lambda _: None)
+        before = len(graphs)
+        players.frozen_disc(clip)
+        players.disc_step(torch.cat([clip, clip]))
+        assert len(graphs) - before == 2, f"run {run + 1} compiled {len(graphs) - before} of D's 2 graphs"
+    torch._dynamo.reset()
