@@ -97,6 +97,8 @@ def parse_row(name: str) -> tuple[str, dict]:
             over["channels_last_maps"] = True
         elif p == "splitgn":  # GroupNorm's statistics in chunks of rows (--split_norm_stats)
             over["split_norm_stats"] = True
+        elif p == "nobench":  # cuDNN picks conv algorithms by its heuristics, untimed (what its autotuning costs a set-up)
+            over["_nobench"] = True
         elif p == "eagercodes":  # with -compile: the WuBu region codes uncompiled on the side stream
             over["compile_region_codes"] = False
         elif p == "cwubu":  # compile only the WuBu stacks (the many small hyperbolic ops), convs stay eager
@@ -251,6 +253,8 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
     flow_mode = over.pop("_flow", None)
     cwubu = over.pop("_cwubu", False)
     mem_budget = over.pop("_mem_budget", None)
+    # cuDNN times every conv algorithm once per shape and process (the trainer's setting), unless the row says -nobench
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not over.pop("_nobench", False)
     ddp_kw = over.pop("_ddp", None)
     if flow_mode and "flow_weights" not in over and "optical_flow_net_type" not in over:  # RAFT is built either way
         over["flow_weights"] = random_raft_weights(preset, over)
@@ -386,8 +390,6 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     peak = matmul_peak(device) if device.type == "cuda" else None
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     rows = []

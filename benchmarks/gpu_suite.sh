@@ -13,6 +13,7 @@
 #                                             --split_norm_stats, and with the first alone; GroupNorm alone)
 #   bash benchmarks/gpu_suite.sh round6      (issue 19: the original, fp32 compiled with and without a memory budget, bf16 at batch 32)
 #   bash benchmarks/gpu_suite.sh cols        (issue 19: the 3-channel convs as patches + a 1x1x1 conv, or taps, against cuDNN)
+#   bash benchmarks/gpu_suite.sh setup       (issue 19: set-up as shipped and compiled, cold and repeated, with and without cuDNN's autotuning)
 #   bash benchmarks/gpu_suite.sh kernels     (the fp32 output conv: taps against cuDNN alone and in the step; copies)
 #   bash benchmarks/gpu_suite.sh ddpscale ddpcurve     (issue 7, on a machine with 4 or 8 GPUs: DDP on 1, 2, 4, 8 GPUs)
 #
@@ -124,6 +125,16 @@ for s in $sections; do
         --rows launcher-fp32-b4-compile$o-mb50
       one timeout 170 env TORCHINDUCTOR_CACHE_DIR=$c/b32 python3 benchmarks/bench_step.py --steps 15 --warmup 6 \
         --json "$OUT/r6_b32.json" --rows launcher-bf16-b32-compile$o ;;
+    setup)  # issue 19's set-up bars (60 s first run, 15 s repeat): how much of a set-up is cuDNN's autotuning (it times
+      # every conv algorithm per shape in every process; -nobench: its heuristics, untimed), as shipped (eager kernels,
+      # CUDA graphs) and compiled, cold and repeated. Each row its own process. Timeouts add up to 400 s
+      c=/tmp/setup_inductor
+      one timeout 60 python3 $B --json "$OUT/setup_eager.json" --rows launcher-bf16-b4
+      one timeout 60 python3 $B --json "$OUT/setup_eager_nobench.json" --rows launcher-bf16-b4-nobench
+      one timeout 160 env TORCHINDUCTOR_CACHE_DIR=$c python3 $B --json "$OUT/setup_cold.json" --rows launcher-bf16-b4-compile
+      one timeout 60 env TORCHINDUCTOR_CACHE_DIR=$c python3 $B --json "$OUT/setup_repeat.json" --rows launcher-bf16-b4-compile
+      one timeout 60 env TORCHINDUCTOR_CACHE_DIR=$c python3 $B --json "$OUT/setup_repeat_nobench.json" \
+        --rows launcher-bf16-b4-compile-nobench ;;
     cols) one timeout 150 python3 benchmarks/conv_layers.py --formats cl,cols --json "$OUT/cols.json" | tee "$OUT/cols.txt" ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap
@@ -161,6 +172,6 @@ for s in $sections; do
       cp "$runs/n$w/metrics.jsonl" "$OUT/curve_n${w}xb4.jsonl"; cp "$runs/n1/metrics.jsonl" "$OUT/curve_n1xb$((4 * w)).jsonl"
       python3 benchmarks/ddp_report.py curves --out "$OUT/ddp_curves.png" "1xb$((4 * w))=$runs/n1/metrics.jsonl" \
         "${w}xb4=$runs/n$w/metrics.jsonl" | tee "$OUT/ddp_curves.md" ;;
-    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile round3 round4 diag codes round5 round6 cols)"; exit 2 ;;
+    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile round3 round4 diag codes round5 round6 setup cols)"; exit 2 ;;
   esac
 done
