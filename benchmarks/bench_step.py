@@ -40,6 +40,21 @@ from wubugen.train.qcontrol import LRMomentumController  # noqa: E402
 from wubugen.train.step import LOSS_KEYS, StepRunner  # noqa: E402
 
 
+# -lean: inductor settings that cost set-up (a cold compile) and may not pay in the step: timing several launch
+# configurations of every pointwise kernel (the 10 s of "Triton config benchmarking" in a 92 s cold set-up on an H100,
+# session 10), and a second pass of the scheduler that reorders loops to fuse more
+LEAN_INDUCTOR = {"triton.autotune_pointwise": False, "loop_ordering_after_fusion": False}
+
+
+def _inductor_defaults() -> dict:
+    import torch._inductor.config as c
+
+    return {k: getattr(c.triton, k[7:]) if k.startswith("triton.") else getattr(c, k) for k in LEAN_INDUCTOR}
+
+
+INDUCTOR_DEFAULTS = _inductor_defaults()
+
+
 def parse_row(name: str) -> tuple[str, dict]:
     parts = name.split("-")
     preset, over = parts[0], {}
@@ -97,6 +112,8 @@ def parse_row(name: str) -> tuple[str, dict]:
             over["channels_last_maps"] = True
         elif p == "splitgn":  # GroupNorm's statistics in chunks of rows (--split_norm_stats)
             over["split_norm_stats"] = True
+        elif p == "lean":  # with -compile: inductor without its set-up-heavy extras (LEAN_INDUCTOR below)
+            over["_lean"] = True
         elif p == "nobench":  # cuDNN picks conv algorithms by its heuristics, untimed (what its autotuning costs a set-up)
             over["_nobench"] = True
         elif p == "eagercodes":  # with -compile: the WuBu region codes uncompiled on the side stream
@@ -253,6 +270,7 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
     flow_mode = over.pop("_flow", None)
     cwubu = over.pop("_cwubu", False)
     mem_budget = over.pop("_mem_budget", None)
+    lean = over.pop("_lean", False)
     # cuDNN times every conv algorithm once per shape and process (the trainer's setting), unless the row says -nobench
     torch.backends.cudnn.benchmark = device.type == "cuda" and not over.pop("_nobench", False)
     ddp_kw = over.pop("_ddp", None)
@@ -267,6 +285,11 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
 
         # the min-cut partitioner recomputes cheap ops in the backward to keep saved activations under this fraction
         functorch_config.activation_memory_budget = 1.0 if mem_budget is None else mem_budget
+        import torch._inductor.config as inductor_config
+
+        for key, value in LEAN_INDUCTOR.items():  # each row sets them: -lean's values or inductor's defaults
+            obj, attr = (inductor_config.triton, key[7:]) if key.startswith("triton.") else (inductor_config, key)
+            setattr(obj, attr, value if lean else INDUCTOR_DEFAULTS[key])
     from torch._dynamo.utils import compilation_time_metrics
 
     compilation_time_metrics.clear()  # this row's compilations only (a recompile in an earlier row's timed steps)

@@ -127,14 +127,18 @@ for s in $sections; do
         --json "$OUT/r6_b32.json" --rows launcher-bf16-b32-compile$o ;;
     setup)  # issue 19's set-up bars (60 s first run, 15 s repeat): how much of a set-up is cuDNN's autotuning (it times
       # every conv algorithm per shape in every process; -nobench: its heuristics, untimed), as shipped (eager kernels,
-      # CUDA graphs) and compiled, cold and repeated. Each row its own process. Timeouts add up to 400 s
+      # CUDA graphs) and compiled, cold and repeated; a cold compile without inductor's set-up-heavy extras (-lean). Each
+      # row its own process. Timeouts add up to 560 s
       c=/tmp/setup_inductor
       one timeout 60 python3 $B --json "$OUT/setup_eager.json" --rows launcher-bf16-b4
       one timeout 60 python3 $B --json "$OUT/setup_eager_nobench.json" --rows launcher-bf16-b4-nobench
       one timeout 160 env TORCHINDUCTOR_CACHE_DIR=$c python3 $B --json "$OUT/setup_cold.json" --rows launcher-bf16-b4-compile
       one timeout 60 env TORCHINDUCTOR_CACHE_DIR=$c python3 $B --json "$OUT/setup_repeat.json" --rows launcher-bf16-b4-compile
       one timeout 60 env TORCHINDUCTOR_CACHE_DIR=$c python3 $B --json "$OUT/setup_repeat_nobench.json" \
-        --rows launcher-bf16-b4-compile-nobench ;;
+        --rows launcher-bf16-b4-compile-nobench
+      # last (the call may cut it): cold again, inductor without pointwise autotuning and loop reordering (-lean)
+      one timeout 160 env TORCHINDUCTOR_CACHE_DIR=$c-lean python3 $B --json "$OUT/setup_cold_lean.json" \
+        --rows launcher-bf16-b4-compile-lean ;;
     cols) one timeout 150 python3 benchmarks/conv_layers.py --formats cl,cols --json "$OUT/cols.json" | tee "$OUT/cols.txt" ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap

@@ -38,6 +38,7 @@ def test_row_names_parse_into_config_overrides():
                                                                       "compile_norms": True, "channels_last": False}
     assert bench_step.parse_row("launcher-bf16-b4-compile-nobench")[1] == {"precision": "bf16", "batch_size": 4,
                                                                            "compile": True, "_nobench": True}
+    assert bench_step.parse_row("launcher-bf16-b4-compile-lean")[1]["_lean"] is True
 
 
 def test_memory_probe_finds_the_live_blocks_at_the_peak():
