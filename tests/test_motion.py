@@ -143,3 +143,44 @@ def test_step_runner_knows_when_flow_is_computed_in_the_step() -> None:
         r = StepRunner(players_from_modules(cfg, cpu, model, disc))
         assert r.flow_in_step(None) is motion
         assert not r.flow_in_step(torch.zeros(2, 3, 2, 8, 8))
+
+
+def test_a_checkpoint_with_the_dropped_region_score_bias_loads_and_resumes_its_optimizer() -> None:
+    """Earlier versions had a bias on the motion branch's region scores, which the softmax over regions ignores (it
+    never had a gradient: `wubugen inspect` found it dead where float sums cancelled exactly, as with 2 threads). Their
+    checkpoints still load strictly, and their optimizer state loses that entry, every other moment kept by name."""
+    from torch import nn
+
+    from wubugen import checkpoint as ckpt
+    from wubugen.train.optim import build_optimizer
+
+    cfg = tiny_motion()
+    torch.manual_seed(0)
+    old = build_model(cfg.model, cfg.geometry)
+    score = old.motion.region_score
+    assert score.bias is None
+    old.motion.region_score = nn.Linear(score.in_features, 1)  # the earlier layout
+    with torch.no_grad():
+        old.motion.region_score.weight.copy_(score.weight)
+    names = [n for n, p in old.named_parameters() if p.requires_grad]
+    opt = build_optimizer(cfg.train.optimizer, [p for p in old.parameters() if p.requires_grad], 1e-3, cfg.train)
+    for p in old.parameters():
+        p.grad = torch.randn_like(p) if p.requires_grad else None
+    opt.step()
+    stored_weights, stored_opt = old.state_dict(), opt.state_dict()
+    moments = {n: {k: v.clone() for k, v in stored_opt["state"][i].items()} for i, n in enumerate(names)}
+
+    new = build_model(cfg.model, cfg.geometry)
+    report = ckpt.load_module_weights(new, stored_weights, strict=True, name="model")
+    assert report.clean and report.loaded == len(new.state_dict())
+    new_opt = build_optimizer(cfg.train.optimizer, [p for p in new.parameters() if p.requires_grad], 1e-3, cfg.train)
+    new_opt.load_state_dict(ckpt.without_dropped_parameters(stored_opt, stored_weights, new))
+    new_names = [n for n, p in new.named_parameters() if p.requires_grad]
+    assert len(new_names) == len(names) - 1 and "motion.region_score.bias" not in new_names
+    for n, p in zip(new_names, (p for p in new.parameters() if p.requires_grad)):
+        got = new_opt.state[p]
+        for k, v in moments[n].items():
+            assert torch.equal(got[k], v), (n, k)
+    # a checkpoint of this version goes through unchanged
+    same = new_opt.state_dict()
+    assert ckpt.without_dropped_parameters(same, new.state_dict(), new) is same

@@ -450,6 +450,14 @@ def run_dir_of(path: str | os.PathLike[str]) -> Path:
 # --------------------------------------------------------------------------------------------------------------------
 # Putting weights into a module
 # --------------------------------------------------------------------------------------------------------------------
+# Parameters earlier versions had and this one dropped because they could never learn (state-dict key of the model ->
+# why). A checkpoint holding one loads without it, strictly or not, and its optimizer state loses its entry
+# (without_dropped_parameters); what the model computes is unchanged, since the parameter had no effect.
+DROPPED_PARAMETERS = {
+    "motion.region_score.bias": "one bias on every region's score, which the softmax over regions ignores",
+}
+
+
 @dataclass
 class LoadReport:
     """What did not match between a module and a stored state dict, by state-dict key."""
@@ -491,6 +499,7 @@ def load_module_weights(module: nn.Module, state: Mapping[str, Tensor], strict: 
     are what is compared.
     """
     own = module.state_dict()
+    state = {k: v for k, v in state.items() if k in own or k not in DROPPED_PARAMETERS}
     report = LoadReport()
     report.missing = [k for k in own if k not in state]
     report.unexpected = [k for k in state if k not in own]
@@ -505,6 +514,35 @@ def load_module_weights(module: nn.Module, state: Mapping[str, Tensor], strict: 
     module.load_state_dict(matching, strict=False)
     report.loaded = len(matching)
     return report
+
+
+def without_dropped_parameters(stored_opt: dict[str, Any], stored_weights: Mapping[str, Tensor],
+                               module: nn.Module) -> dict[str, Any]:
+    """An optimizer state dict saved with `module`'s trainable parameters plus some of DROPPED_PARAMETERS, without
+    their entries (torch's optimizer states number the parameters in the order they were given: the module's
+    trainable parameters in named_parameters order, which the stored weights' keys keep). Anything else: unchanged."""
+    own = [n for n, p in module.named_parameters() if p.requires_grad]
+    own_state = module.state_dict()
+    dropped = {k for k in stored_weights if k in DROPPED_PARAMETERS and k not in own_state}
+    if not dropped:
+        return stored_opt
+    trainable = set(own)
+    old = [k for k in stored_weights if k in trainable or k in dropped]  # the stored run's optimizer order
+    n_stored = sum(len(g["params"]) for g in stored_opt["param_groups"])
+    if n_stored != len(old) or [k for k in old if k not in dropped] != own:
+        return stored_opt  # not the layout this knows: torch's own load reports the mismatch
+    gone = {i for i, k in enumerate(old) if k in dropped}
+    renumber: dict[int, int] = {}
+    groups = []
+    for g in stored_opt["param_groups"]:
+        kept = []
+        for i in g["params"]:
+            if i not in gone:
+                renumber[i] = len(renumber)
+                kept.append(renumber[i])
+        groups.append({**g, "params": kept})
+    state = {renumber[i]: v for i, v in stored_opt["state"].items() if i in renumber}
+    return {**stored_opt, "state": state, "param_groups": groups}
 
 
 def ema_state_by_name(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:

@@ -53,9 +53,10 @@ class MotionEncoder(nn.Module):
                                 boundary_points=m.wubu_boundary_points, hidden_ratio=m.wubu_combiner_hidden_ratio,
                                 euclidean=m.wubu_euclidean)
         self.out_dim = self.wubu_m.out_dim
-        self.region_score = nn.Linear(self.out_dim, 1)
+        # no bias: one bias shifts every region's score alike, and the softmax over regions ignores that, so it never
+        # had a gradient (a dead parameter; checkpoints that hold it load without it: checkpoint.DROPPED_PARAMETERS)
+        self.region_score = nn.Linear(self.out_dim, 1, bias=False)
         nn.init.normal_(self.region_score.weight, std=1e-2)  # near-uniform attention at first: starts as the mean
-        nn.init.zeros_(self.region_score.bias)
         self.no_next = nn.Parameter(torch.randn(self.out_dim) * 0.02)  # the last frame's 'no next frame' motion
 
     def _column_components(self) -> list[str]:

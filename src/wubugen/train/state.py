@@ -113,7 +113,7 @@ def restore_progress(state: RunState, players: Players, c: ckpt.Checkpoint) -> N
     anew (this run's config differs from the checkpoint's) wins over the stored one."""
     check_train_state(c)
     ts = c.train_state
-    load_optimizer(players.opt_g, ts["opt_g"])
+    load_optimizer(players.opt_g, ckpt.without_dropped_parameters(ts["opt_g"], c.weights["model"], players.model))
     load_optimizer(players.opt_d, ts["opt_d"])
     state.step, state.epoch, state.batch_in_epoch = ts["step"], ts["epoch"], ts["batch_in_epoch"]
     state.lambda_kl = ts["lambda_kl"]
