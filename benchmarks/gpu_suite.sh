@@ -14,6 +14,7 @@
 #   bash benchmarks/gpu_suite.sh round6      (issue 19: the original, fp32 compiled with and without a memory budget, bf16 at batch 32)
 #   bash benchmarks/gpu_suite.sh cols        (issue 19: the 3-channel convs as patches + a 1x1x1 conv, or taps, against cuDNN)
 #   bash benchmarks/gpu_suite.sh setup       (issue 19: set-up as shipped and compiled, cold and repeated, with and without cuDNN's autotuning)
+#   bash benchmarks/gpu_suite.sh bars        (issue 19: cost against batch and frames, the motion branch with cached flow)
 #   bash benchmarks/gpu_suite.sh kernels     (the fp32 output conv: taps against cuDNN alone and in the step; copies)
 #   bash benchmarks/gpu_suite.sh ddpscale ddpcurve     (issue 7, on a machine with 4 or 8 GPUs: DDP on 1, 2, 4, 8 GPUs)
 #
@@ -139,6 +140,12 @@ for s in $sections; do
       # last (the call may cut it): cold again, inductor without pointwise autotuning and loop reordering (-lean)
       one timeout 160 env TORCHINDUCTOR_CACHE_DIR=$c-lean python3 $B --json "$OUT/setup_cold_lean.json" \
         --rows launcher-bf16-b4-compile-lean ;;
+    bars)  # issue 19's last two bars, as shipped (eager kernels, CUDA graphs: seconds of set-up a row): cost against batch
+      # and frames (no faster than linear), and the motion branch with cached flow (at most 1.1x the step without it;
+      # last measured in session 2, before the plain backbone). Timeouts add up to 360 s
+      one timeout 240 python3 $B --json "$OUT/bars_scaling.json" --rows \
+        launcher-bf16-b4,launcher-bf16-b8,launcher-bf16-b16,launcher-bf16-b4-t4,launcher-bf16-b4-t22
+      one timeout 120 python3 $B --json "$OUT/bars_motion.json" --rows launcher-bf16-b4,launcher-bf16-b4-motion ;;
     cols) one timeout 150 python3 benchmarks/conv_layers.py --formats cl,cols --json "$OUT/cols.json" | tee "$OUT/cols.txt" ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap
@@ -176,6 +183,6 @@ for s in $sections; do
       cp "$runs/n$w/metrics.jsonl" "$OUT/curve_n${w}xb4.jsonl"; cp "$runs/n1/metrics.jsonl" "$OUT/curve_n1xb$((4 * w)).jsonl"
       python3 benchmarks/ddp_report.py curves --out "$OUT/ddp_curves.png" "1xb$((4 * w))=$runs/n1/metrics.jsonl" \
         "${w}xb4=$runs/n$w/metrics.jsonl" | tee "$OUT/ddp_curves.md" ;;
-    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile round3 round4 diag codes round5 round6 setup cols)"; exit 2 ;;
+    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile round3 round4 diag codes round5 round6 setup bars cols)"; exit 2 ;;
   esac
 done
