@@ -279,17 +279,20 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
     if flow_mode == "cached":
         over["freeze_flow_net"] = True
     cfg = build_config(preset, overrides=over)
+    t = cfg.train
+    if (lean or mem_budget is not None) and not (t.compile or t.compile_wubu_maps or t.compile_norms or cwubu):
+        raise ValueError("-lean and -mb<N> set torch.compile's options: the row compiles nothing")
     if cfg.train.compile:
         torch._dynamo.reset()  # each row compiles afresh (no dynamic-shape recompiles from an earlier row's sizes)
-        import torch._functorch.config as functorch_config
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
 
-        # the min-cut partitioner recomputes cheap ops in the backward to keep saved activations under this fraction
-        functorch_config.activation_memory_budget = 1.0 if mem_budget is None else mem_budget
-        import torch._inductor.config as inductor_config
-
-        for key, value in LEAN_INDUCTOR.items():  # each row sets them: -lean's values or inductor's defaults
-            obj, attr = (inductor_config.triton, key[7:]) if key.startswith("triton.") else (inductor_config, key)
-            setattr(obj, attr, value if lean else INDUCTOR_DEFAULTS[key])
+    # every row sets these (its own values or the defaults), so none leaks into the rows after it in this process:
+    # the min-cut partitioner recomputes cheap ops in the backward to keep saved activations under this fraction
+    functorch_config.activation_memory_budget = 1.0 if mem_budget is None else mem_budget
+    for key, value in LEAN_INDUCTOR.items():  # -lean's values or inductor's defaults
+        obj, attr = (inductor_config.triton, key[7:]) if key.startswith("triton.") else (inductor_config, key)
+        setattr(obj, attr, value if lean else INDUCTOR_DEFAULTS[key])
     from torch._dynamo.utils import compilation_time_metrics
 
     compilation_time_metrics.clear()  # this row's compilations only (a recompile in an earlier row's timed steps)

@@ -130,7 +130,7 @@ for s in $sections; do
       # every conv algorithm per shape in every process; -nobench: its heuristics, untimed), as shipped (eager kernels,
       # CUDA graphs) and compiled, cold and repeated; a cold compile without inductor's set-up-heavy extras (-lean). Each
       # row its own process. Timeouts add up to 560 s
-      c=/tmp/setup_inductor
+      c=/tmp/setup_inductor; rm -rf "$c" "$c-lean"  # cold means cold, also on a machine that ran this before
       one timeout 60 python3 $B --json "$OUT/setup_eager.json" --rows launcher-bf16-b4
       one timeout 60 python3 $B --json "$OUT/setup_eager_nobench.json" --rows launcher-bf16-b4-nobench
       one timeout 160 env TORCHINDUCTOR_CACHE_DIR=$c python3 $B --json "$OUT/setup_cold.json" --rows launcher-bf16-b4-compile
@@ -183,6 +183,6 @@ for s in $sections; do
       cp "$runs/n$w/metrics.jsonl" "$OUT/curve_n${w}xb4.jsonl"; cp "$runs/n1/metrics.jsonl" "$OUT/curve_n1xb$((4 * w)).jsonl"
       python3 benchmarks/ddp_report.py curves --out "$OUT/ddp_curves.png" "1xb$((4 * w))=$runs/n1/metrics.jsonl" \
         "${w}xb4=$runs/n$w/metrics.jsonl" | tee "$OUT/ddp_curves.md" ;;
-    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile round3 round4 diag codes round5 round6 setup bars cols)"; exit 2 ;;
+    *) echo "unknown section $s (tests step compile mfu autotune motionraw scaling ddp loader ddpscale ddpcurve round2 profile round3 round4 diag codes round5 round6 setup bars cols kernels)"; exit 2 ;;
   esac
 done

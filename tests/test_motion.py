@@ -145,10 +145,12 @@ def test_step_runner_knows_when_flow_is_computed_in_the_step() -> None:
         assert not r.flow_in_step(torch.zeros(2, 3, 2, 8, 8))
 
 
-def test_a_checkpoint_with_the_dropped_region_score_bias_loads_and_resumes_its_optimizer() -> None:
+def test_a_checkpoint_with_the_dropped_region_score_bias_loads_and_resumes_its_optimizer(tmp_path) -> None:
     """Earlier versions had a bias on the motion branch's region scores, which the softmax over regions ignores (it
     never had a gradient: `wubugen inspect` found it dead where float sums cancelled exactly, as with 2 threads). Their
-    checkpoints still load strictly, and their optimizer state loses that entry, every other moment kept by name."""
+    checkpoints, written and read back as files (safetensors lists keys by name, not in the module's order), still load
+    strictly; their optimizer state loses that entry and a positional EMA state (an older format) maps by name, every
+    other tensor kept."""
     from torch import nn
 
     from wubugen import checkpoint as ckpt
@@ -163,24 +165,30 @@ def test_a_checkpoint_with_the_dropped_region_score_bias_loads_and_resumes_its_o
     with torch.no_grad():
         old.motion.region_score.weight.copy_(score.weight)
     names = [n for n, p in old.named_parameters() if p.requires_grad]
+    assert names[names.index("motion.region_score.weight") + 1] == "motion.region_score.bias"
     opt = build_optimizer(cfg.train.optimizer, [p for p in old.parameters() if p.requires_grad], 1e-3, cfg.train)
     for p in old.parameters():
         p.grad = torch.randn_like(p) if p.requires_grad else None
     opt.step()
-    stored_weights, stored_opt = old.state_dict(), opt.state_dict()
-    moments = {n: {k: v.clone() for k, v in stored_opt["state"][i].items()} for i, n in enumerate(names)}
+    moments = {n: {k: v.clone() for k, v in opt.state_dict()["state"][i].items()} for i, n in enumerate(names)}
+    ema = {str(i): p.detach() + 1.0 for i, (_, p) in enumerate(old.named_parameters())}  # positional, as once saved
+    ckpt.save_checkpoint(tmp_path, 1, {"model": old, "ema": ema}, {"opt_g": opt.state_dict()}, {}, keep_last=1)
+    c = ckpt.load_checkpoint(tmp_path)
 
     new = build_model(cfg.model, cfg.geometry)
-    report = ckpt.load_module_weights(new, stored_weights, strict=True, name="model")
+    report = ckpt.load_module_weights(new, c.weights["model"], strict=True, name="model")
     assert report.clean and report.loaded == len(new.state_dict())
     new_opt = build_optimizer(cfg.train.optimizer, [p for p in new.parameters() if p.requires_grad], 1e-3, cfg.train)
-    new_opt.load_state_dict(ckpt.without_dropped_parameters(stored_opt, stored_weights, new))
-    new_names = [n for n, p in new.named_parameters() if p.requires_grad]
-    assert len(new_names) == len(names) - 1 and "motion.region_score.bias" not in new_names
-    for n, p in zip(new_names, (p for p in new.parameters() if p.requires_grad)):
-        got = new_opt.state[p]
+    new_opt.load_state_dict(ckpt.without_dropped_parameters(c.train_state["opt_g"], c.weights["model"], new))
+    trainable = [(n, p) for n, p in new.named_parameters() if p.requires_grad]
+    assert len(trainable) == len(names) - 1 and "motion.region_score.bias" not in dict(trainable)
+    for n, p in trainable:
         for k, v in moments[n].items():
-            assert torch.equal(got[k], v), (n, k)
+            assert torch.equal(new_opt.state[p][k], v), (n, k)
+    by_name = ckpt.ema_state_by_name(c.weights["ema"], new)
+    assert sorted(by_name) == sorted(n for n, _ in new.named_parameters())
+    for n, p in new.named_parameters():
+        assert torch.equal(by_name[n], p.detach() + 1.0), n
     # a checkpoint of this version goes through unchanged
     same = new_opt.state_dict()
     assert ckpt.without_dropped_parameters(same, new.state_dict(), new) is same

@@ -450,12 +450,27 @@ def run_dir_of(path: str | os.PathLike[str]) -> Path:
 # --------------------------------------------------------------------------------------------------------------------
 # Putting weights into a module
 # --------------------------------------------------------------------------------------------------------------------
-# Parameters earlier versions had and this one dropped because they could never learn (state-dict key of the model ->
-# why). A checkpoint holding one loads without it, strictly or not, and its optimizer state loses its entry
-# (without_dropped_parameters); what the model computes is unchanged, since the parameter had no effect.
-DROPPED_PARAMETERS = {
-    "motion.region_score.bias": "one bias on every region's score, which the softmax over regions ignores",
+# Parameters earlier versions had and this one dropped because they could never learn: the module a checkpoint stores
+# under this name ("model", "disc") -> its state-dict key -> why. A checkpoint holding one loads without it, strictly
+# or not; its optimizer state and a positional EMA state lose its entry (without_dropped_parameters,
+# ema_state_by_name). What the model computes is unchanged, since the parameter had no effect.
+DROPPED_PARAMETERS: dict[str, dict[str, str]] = {
+    "model": {"motion.region_score.bias": "one bias on every region's score, which the softmax over regions ignores"},
 }
+
+
+def _with_dropped(names: list[str], dropped: set[str]) -> list[str] | None:
+    """Parameter names in a module's order, with each dropped key put back where the earlier version had it: right
+    after the last parameter of its submodule (a bias after its weight, as nn.Linear registers them). None where a
+    dropped key's submodule has no parameter left to place it by."""
+    order = list(names)
+    for key in sorted(dropped):
+        prefix = key.rsplit(".", 1)[0] + "."
+        at = [i for i, n in enumerate(order) if n.startswith(prefix)]
+        if not at:
+            return None
+        order.insert(at[-1] + 1, key)
+    return order
 
 
 @dataclass
@@ -499,7 +514,8 @@ def load_module_weights(module: nn.Module, state: Mapping[str, Tensor], strict: 
     are what is compared.
     """
     own = module.state_dict()
-    state = {k: v for k, v in state.items() if k in own or k not in DROPPED_PARAMETERS}
+    dropped = DROPPED_PARAMETERS.get(name, {})
+    state = {k: v for k, v in state.items() if k in own or k not in dropped}
     report = LoadReport()
     report.missing = [k for k in own if k not in state]
     report.unexpected = [k for k in state if k not in own]
@@ -517,19 +533,17 @@ def load_module_weights(module: nn.Module, state: Mapping[str, Tensor], strict: 
 
 
 def without_dropped_parameters(stored_opt: dict[str, Any], stored_weights: Mapping[str, Tensor],
-                               module: nn.Module) -> dict[str, Any]:
-    """An optimizer state dict saved with `module`'s trainable parameters plus some of DROPPED_PARAMETERS, without
-    their entries (torch's optimizer states number the parameters in the order they were given: the module's
-    trainable parameters in named_parameters order, which the stored weights' keys keep). Anything else: unchanged."""
-    own = [n for n, p in module.named_parameters() if p.requires_grad]
+                               module: nn.Module, name: str = "model") -> dict[str, Any]:
+    """An optimizer state dict saved with `module`'s trainable parameters plus some of DROPPED_PARAMETERS[name], without
+    their entries. Torch numbers an optimizer's parameters in the order they were given, here the module's trainable
+    parameters in named_parameters order; the stored weights say only which keys were there (a safetensors file
+    lists its keys sorted by name, not in the module's order). Anything else: unchanged."""
     own_state = module.state_dict()
-    dropped = {k for k in stored_weights if k in DROPPED_PARAMETERS and k not in own_state}
+    dropped = {k for k in stored_weights if k in DROPPED_PARAMETERS.get(name, {}) and k not in own_state}
     if not dropped:
         return stored_opt
-    trainable = set(own)
-    old = [k for k in stored_weights if k in trainable or k in dropped]  # the stored run's optimizer order
-    n_stored = sum(len(g["params"]) for g in stored_opt["param_groups"])
-    if n_stored != len(old) or [k for k in old if k not in dropped] != own:
+    old = _with_dropped([n for n, p in module.named_parameters() if p.requires_grad], dropped)
+    if old is None or sum(len(g["params"]) for g in stored_opt["param_groups"]) != len(old):
         return stored_opt  # not the layout this knows: torch's own load reports the mismatch
     gone = {i for i, k in enumerate(old) if k in dropped}
     renumber: dict[int, int] = {}
@@ -549,7 +563,14 @@ def ema_state_by_name(state: dict[str, Tensor], model: nn.Module) -> dict[str, T
     """An EMA state from a checkpoint -> name -> tensor. Checkpoints written before EMA states were keyed by name hold
     every parameter of `model` under its position ("0", "1", ...); those positions are mapped to names."""
     if state and all(k.isdigit() for k in state):
-        return {n: state[str(i)] for i, (n, _) in enumerate(model.named_parameters()) if str(i) in state}
+        names = [n for n, _ in model.named_parameters()]
+        if len(state) != len(names):  # perhaps saved with a parameter this version dropped (DROPPED_PARAMETERS)
+            subs = dict(model.named_modules())
+            dropped = {k for k in DROPPED_PARAMETERS["model"] if k.rsplit(".", 1)[0] in subs and k not in names}
+            old = _with_dropped(names, dropped)
+            if old is not None and len(old) == len(state):
+                return {n: state[str(i)] for i, n in enumerate(old) if n not in dropped}
+        return {n: state[str(i)] for i, n in enumerate(names) if str(i) in state}
     return dict(state)  # keyed by name (with the warm-up's update count from this version on)
 
 

@@ -117,7 +117,7 @@ def build_players(cfg: Config, device: torch.device, dist: DistInfo | None = Non
         # A run compiles from a clean slate (inductor's cache on disk still serves it): dynamo's compiled code is kept
         # per code object, guarded on the module instances, and each earlier run in this process (a plan's phases)
         # had added its own entries to D's forward; past torch's recompile limit (8) the players ran uncompiled
-        torch._dynamo.reset()
+        torch.compiler.reset()
         # the step's players go through torch.compile; checkpoints, validation and sampling use the plain modules
         # (same parameters), so saved weights keep their names
         model_step = compile_player(model_step, t.compile_mode)
