@@ -142,10 +142,15 @@ for s in $sections; do
         --rows launcher-bf16-b4-compile-lean ;;
     bars)  # issue 19's last two bars, as shipped (eager kernels, CUDA graphs: seconds of set-up a row): cost against batch
       # and frames (no faster than linear), and the motion branch with cached flow (at most 1.1x the step without it;
-      # last measured in session 2, before the plain backbone). Timeouts add up to 360 s
+      # last measured in session 2, before the plain backbone); then --compile_wubu_maps. Timeouts add up to 480 s
       one timeout 240 python3 $B --json "$OUT/bars_scaling.json" --rows \
         launcher-bf16-b4,launcher-bf16-b8,launcher-bf16-b16,launcher-bf16-b4-t4,launcher-bf16-b4-t22
-      one timeout 120 python3 $B --json "$OUT/bars_motion.json" --rows launcher-bf16-b4,launcher-bf16-b4-motion ;;
+      one timeout 120 python3 $B --json "$OUT/bars_motion.json" --rows launcher-bf16-b4,launcher-bf16-b4-motion
+      # as shipped with the WuBu levels' maps compiled once (--compile_wubu_maps; never timed on a GPU), cold: does
+      # the shipped path gain speed for seconds, not minutes, of set-up?
+      rm -rf /tmp/maps_inductor
+      one timeout 120 env TORCHINDUCTOR_CACHE_DIR=/tmp/maps_inductor python3 $B --json "$OUT/bars_maps.json" \
+        --rows launcher-bf16-b4-maps ;;
     cols) one timeout 150 python3 benchmarks/conv_layers.py --formats cl,cols --json "$OUT/cols.json" | tee "$OUT/cols.txt" ;;
     kernels) one timeout 120 python3 benchmarks/micro_convs.py --only-out | tee "$OUT/micro_convs.txt"
          one timeout 500 python3 $B --json "$OUT/kernels.json" --rows launcher-fp32,launcher-fp32-notap
