@@ -114,6 +114,8 @@ def parse_row(name: str) -> tuple[str, dict]:
             over["split_norm_stats"] = True
         elif p == "lean":  # with -compile: inductor without its set-up-heavy extras (LEAN_INDUCTOR below)
             over["_lean"] = True
+        elif p.startswith("bl") and p[2:].isdigit():  # cuDNN's autotuning tries at most N algorithms per conv (10)
+            over["_bench_limit"] = int(p[2:])
         elif p == "nobench":  # cuDNN picks conv algorithms by its heuristics, untimed (what its autotuning costs a set-up)
             over["_nobench"] = True
         elif p == "eagercodes":  # with -compile: the WuBu region codes uncompiled on the side stream
@@ -273,6 +275,8 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
     lean = over.pop("_lean", False)
     # cuDNN times every conv algorithm once per shape and process (the trainer's setting), unless the row says -nobench
     torch.backends.cudnn.benchmark = device.type == "cuda" and not over.pop("_nobench", False)
+    # -bl<N>: it times at most N of cuDNN's candidate algorithms per conv, in its heuristics' order (torch's default 10)
+    torch.backends.cudnn.benchmark_limit = over.pop("_bench_limit", 10)
     ddp_kw = over.pop("_ddp", None)
     if flow_mode and "flow_weights" not in over and "optical_flow_net_type" not in over:  # RAFT is built either way
         over["flow_weights"] = random_raft_weights(preset, over)

@@ -11,9 +11,9 @@
 #   bash benchmarks/gpu_suite.sh codes       (issue 19: --compile with the WuBu codes uncompiled, cold and repeat, beside whole-player compilation)
 #   bash benchmarks/gpu_suite.sh round5      (issue 19: the original, whole-player compilation, with --channels_last_maps and
 #                                             --split_norm_stats, and with the first alone; GroupNorm alone)
-#   bash benchmarks/gpu_suite.sh round6      (issue 19: the original, fp32 compiled with and without a memory budget, bf16 at batch 32)
+#   bash benchmarks/gpu_suite.sh round6      (issue 19: the original, fp32 compiled, bf16 compiled at batch 32)
 #   bash benchmarks/gpu_suite.sh cols        (issue 19: the 3-channel convs as patches + a 1x1x1 conv, or taps, against cuDNN)
-#   bash benchmarks/gpu_suite.sh setup       (issue 19: set-up as shipped and compiled, cold and repeated, with and without cuDNN's autotuning)
+#   bash benchmarks/gpu_suite.sh setup       (issue 19: compiled set-up cold and repeated, cuDNN timing fewer candidates; the shipped path too)
 #   bash benchmarks/gpu_suite.sh bars        (issue 19: cost against batch and frames, the motion branch with cached flow)
 #   bash benchmarks/gpu_suite.sh kernels     (the fp32 output conv: taps against cuDNN alone and in the step; copies)
 #   bash benchmarks/gpu_suite.sh ddpscale ddpcurve     (issue 7, on a machine with 4 or 8 GPUs: DDP on 1, 2, 4, 8 GPUs)
@@ -102,7 +102,9 @@ for s in $sections; do
       # the original first; whole-player compilation as it was, and with the norms' maps pinned channels-last
       # (--channels_last_maps) and GroupNorm's statistics in chunks (--split_norm_stats), each cold, and a repeat run;
       # GroupNorm alone at the step's map shapes; last (the call may cut it), --channels_last_maps alone, which says
-      # what each option brings. Timeouts add up to 590 s (a call: 600; a cold compiled row took 92-125 s of set-up)
+      # what each option brings. Timeouts add up to 590 s (a call: 600; a cold compiled row took 92-125 s of set-up).
+      # Session 12's run on an H100 lost every compiled row to these timeouts (the cold set-up outlasted 140 s); its
+      # numbers came from reruns on the same machine with 245 s (docs/benchmarks.md)
       # (each row its own empty inductor cache, so every set-up is a cold one; the repeat reuses its row's)
       [ -f .gpu/original/ref.py ] && one timeout 70 bash .gpu/original/run_launcher.sh | tee "$OUT/original.txt"
       c=/tmp/r5_inductor
@@ -115,31 +117,30 @@ for s in $sections; do
       one timeout 60 python3 -u benchmarks/norm_kernels.py --json "$OUT/r5_norms.json" | tee "$OUT/r5_norms.txt"
       one timeout 140 env TORCHINDUCTOR_CACHE_DIR=$c/clmaps python3 $B --json "$OUT/r5_clmaps.json" \
         --rows launcher-bf16-b4-compile-clmaps ;;
-    round6)  # issue 19's other bars with round5's options: the original first; fp32 compiled (10x at <= 2.51 GiB), plain
-      # and under torch.compile's activation memory budget (-mb50: its min-cut partitioner recomputes instead of
-      # saving); bf16 compiled at batch 32 (MFU at scale). R6_OPTS: the option suffix (round5's best). Timeouts: 580 s
+    round6)  # issue 19's other bars with round5's options (the fastest step of session 12, 22.1 ms on an H100): the original
+      # first; fp32 compiled without a memory budget (with -mb50 it was 42.4 ms at 2.28 GiB, session 12: under the
+      # original's 2.51 GiB, 9.4x); bf16 compiled at batch 32 (MFU at scale; its cold set-up outlasted 230 s in session
+      # 12). R6_OPTS: the option suffix. A cold compile took 185 s (fp32) on an H100. Timeouts: 570 s
       o=${R6_OPTS--clmaps-splitgn}; c=/tmp/r6_inductor
       [ -f .gpu/original/ref.py ] && one timeout 70 bash .gpu/original/run_launcher.sh | tee "$OUT/original.txt"
-      one timeout 170 env TORCHINDUCTOR_CACHE_DIR=$c/fp32 python3 $B --json "$OUT/r6_fp32.json" \
+      one timeout 250 env TORCHINDUCTOR_CACHE_DIR=$c/fp32 python3 $B --json "$OUT/r6_fp32.json" \
         --rows launcher-fp32-b4-compile$o
-      one timeout 170 env TORCHINDUCTOR_CACHE_DIR=$c/mb python3 $B --json "$OUT/r6_fp32_mb50.json" \
-        --rows launcher-fp32-b4-compile$o-mb50
-      one timeout 170 env TORCHINDUCTOR_CACHE_DIR=$c/b32 python3 benchmarks/bench_step.py --steps 15 --warmup 6 \
+      one timeout 250 env TORCHINDUCTOR_CACHE_DIR=$c/b32 python3 benchmarks/bench_step.py --steps 15 --warmup 6 \
         --json "$OUT/r6_b32.json" --rows launcher-bf16-b32-compile$o ;;
-    setup)  # issue 19's set-up bars (60 s first run, 15 s repeat): how much of a set-up is cuDNN's autotuning (it times
-      # every conv algorithm per shape in every process; -nobench: its heuristics, untimed), as shipped (eager kernels,
-      # CUDA graphs) and compiled, cold and repeated; a cold compile without inductor's set-up-heavy extras (-lean). Each
-      # row its own process. Timeouts add up to 560 s
-      c=/tmp/setup_inductor; rm -rf "$c" "$c-lean"  # cold means cold, also on a machine that ran this before
-      one timeout 60 python3 $B --json "$OUT/setup_eager.json" --rows launcher-bf16-b4
-      one timeout 60 python3 $B --json "$OUT/setup_eager_nobench.json" --rows launcher-bf16-b4-nobench
-      one timeout 160 env TORCHINDUCTOR_CACHE_DIR=$c python3 $B --json "$OUT/setup_cold.json" --rows launcher-bf16-b4-compile
-      one timeout 60 env TORCHINDUCTOR_CACHE_DIR=$c python3 $B --json "$OUT/setup_repeat.json" --rows launcher-bf16-b4-compile
-      one timeout 60 env TORCHINDUCTOR_CACHE_DIR=$c python3 $B --json "$OUT/setup_repeat_nobench.json" \
-        --rows launcher-bf16-b4-compile-nobench
-      # last (the call may cut it): cold again, inductor without pointwise autotuning and loop reordering (-lean)
-      one timeout 160 env TORCHINDUCTOR_CACHE_DIR=$c-lean python3 $B --json "$OUT/setup_cold_lean.json" \
-        --rows launcher-bf16-b4-compile-lean ;;
+    setup)  # issue 19's set-up bars (60 s first run, 15 s repeat) with round5's options (--channels_last_maps
+      # --split_norm_stats, the fastest step of session 12). cuDNN's autotuning was 13 s of a compiled repeat's 23 s and
+      # 9 of the shipped path's 11 s, and without it (-nobench) the step took 2-3x as long (session 12): does timing
+      # fewer of its candidates (-bl<N>) keep the fast algorithms? A cold compile took 185 s (fp32) and over 140 s
+      # (bf16) on an H100 in session 12, hence 250 s. Each row its own process. Timeouts add up to 550 s
+      c=/tmp/setup_inductor; rm -rf "$c"  # cold means cold, also on a machine that ran this before
+      o=${SETUP_OPTS--clmaps-splitgn}
+      one timeout 250 env TORCHINDUCTOR_CACHE_DIR=$c python3 $B --json "$OUT/setup_cold.json" --rows launcher-bf16-b4-compile$o
+      for bl in 10 3 1; do  # 10: torch's default
+        one timeout 60 env TORCHINDUCTOR_CACHE_DIR=$c python3 $B --json "$OUT/setup_repeat_bl$bl.json" \
+          --rows launcher-bf16-b4-compile$o-bl$bl
+      done
+      one timeout 60 python3 $B --json "$OUT/setup_eager_bl3.json" --rows launcher-bf16-b4-bl3
+      one timeout 60 python3 $B --json "$OUT/setup_eager_bl1.json" --rows launcher-bf16-b4-bl1 ;;
     bars)  # issue 19's last two bars, as shipped (eager kernels, CUDA graphs: seconds of set-up a row): cost against batch
       # and frames (no faster than linear), and the motion branch with cached flow (at most 1.1x the step without it;
       # last measured in session 2, before the plain backbone); then --compile_wubu_maps. Timeouts add up to 480 s

@@ -39,6 +39,7 @@ def test_row_names_parse_into_config_overrides():
     assert bench_step.parse_row("launcher-bf16-b4-compile-nobench")[1] == {"precision": "bf16", "batch_size": 4,
                                                                            "compile": True, "_nobench": True}
     assert bench_step.parse_row("launcher-bf16-b4-compile-lean")[1]["_lean"] is True
+    assert bench_step.parse_row("launcher-bf16-b4-bl3")[1]["_bench_limit"] == 3
 
 
 def test_memory_probe_finds_the_live_blocks_at_the_peak():
