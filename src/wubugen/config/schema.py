@@ -421,8 +421,9 @@ class TrainConfig:
         group="speed")
     # under --compile the conv weights are channels-last-3d but the norms' outputs contiguous (as eager GroupNorm
     # returns them), and the activations compile saves keep that layout: each 3-D conv's backward copied its input and
-    # gradient (3.2 ms of a 23.4 ms compiled step on an H100, read off inductor's generated code, session 10). Not yet
-    # timed on a GPU, hence off
+    # gradient (3.2 ms of a 23.4 ms compiled step on an H100, read off inductor's generated code, session 10). With
+    # --split_norm_stats: 24.95 -> 22.14 ms compiled on an H100 (docs/benchmarks.md, session 12); off until a footage
+    # run beside the peer checks it, as every change of a default
     channels_last_maps: bool = opt(
         False, "with --compile and --channels_last, keep the plain backbone's and the spatio-temporal D's maps "
         "channels-last-3d after every norm (the layout of their convs: no copies before the convs' backward; the same "
@@ -431,7 +432,8 @@ class TrainConfig:
     # thread blocks (GroupNorm's kernels: 4.0 ms of a 23.4 ms compiled step on an H100, docs/benchmarks.md, session 10).
     # On, they are taken per (sample, channel, chunk of rows) and combined exactly (models/group_norm.py), inside
     # --compile's graphs only: eagerly it would be more kernels than GroupNorm's own (validation, sampling and the
-    # EMA's passes run the same modules uncompiled). Not yet timed on a GPU, hence off
+    # EMA's passes run the same modules uncompiled). With --channels_last_maps: 24.95 -> 22.14 ms compiled on an H100
+    # (docs/benchmarks.md, session 12); off until a footage run beside the peer checks it
     split_norm_stats: bool = opt(
         False, "with --compile, take every GroupNorm's statistics in chunks of rows, combined exactly (many-row "
         "reductions forward and backward; the same function)", group="speed")
