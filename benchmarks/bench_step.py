@@ -46,13 +46,14 @@ from wubugen.train.step import LOSS_KEYS, StepRunner  # noqa: E402
 LEAN_INDUCTOR = {"triton.autotune_pointwise": False, "loop_ordering_after_fusion": False}
 
 
-def _inductor_defaults() -> dict:
+def _inductor_setting(key: str) -> tuple[object, str]:
+    """A dotted inductor setting ("triton.autotune_pointwise") -> (the config object that holds it, its name)."""
     import torch._inductor.config as c
 
-    return {k: getattr(c.triton, k[7:]) if k.startswith("triton.") else getattr(c, k) for k in LEAN_INDUCTOR}
+    return (c.triton, key[len("triton."):]) if key.startswith("triton.") else (c, key)
 
 
-INDUCTOR_DEFAULTS = _inductor_defaults()
+INDUCTOR_DEFAULTS = {k: getattr(*_inductor_setting(k)) for k in LEAN_INDUCTOR}
 
 
 def parse_row(name: str) -> tuple[str, dict]:
@@ -286,17 +287,14 @@ def time_row(name: str, extra: dict, args, device, dist_rank: int, world: int, p
     t = cfg.train
     if (lean or mem_budget is not None) and not (t.compile or t.compile_wubu_maps or t.compile_norms or cwubu):
         raise ValueError("-lean and -mb<N> set torch.compile's options: the row compiles nothing")
-    if cfg.train.compile:
-        torch._dynamo.reset()  # each row compiles afresh (no dynamic-shape recompiles from an earlier row's sizes)
+    # (a compiled row starts from a clean dynamo: build_players resets it before it compiles the players)
     import torch._functorch.config as functorch_config
-    import torch._inductor.config as inductor_config
 
     # every row sets these (its own values or the defaults), so none leaks into the rows after it in this process:
     # the min-cut partitioner recomputes cheap ops in the backward to keep saved activations under this fraction
     functorch_config.activation_memory_budget = 1.0 if mem_budget is None else mem_budget
     for key, value in LEAN_INDUCTOR.items():  # -lean's values or inductor's defaults
-        obj, attr = (inductor_config.triton, key[7:]) if key.startswith("triton.") else (inductor_config, key)
-        setattr(obj, attr, value if lean else INDUCTOR_DEFAULTS[key])
+        setattr(*_inductor_setting(key), value if lean else INDUCTOR_DEFAULTS[key])
     from torch._dynamo.utils import compilation_time_metrics
 
     compilation_time_metrics.clear()  # this row's compilations only (a recompile in an earlier row's timed steps)
